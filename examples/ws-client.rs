@@ -1,0 +1,101 @@
+//! A tiny WebSocket client for trying wsgate:
+//! `cargo run --example ws-client -- [--ca certs/dev.crt] URL [MESSAGE]`.
+//!
+//! `user:pass@` in the URL is sent as HTTP Basic. Prints the handshake status, the
+//! server's first message and the echo of MESSAGE.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{Connector, connect_async_tls_with_config};
+
+#[tokio::main]
+async fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut ca = None;
+    if args.first().map(String::as_str) == Some("--ca") && args.len() > 1 {
+        ca = Some(args.remove(1));
+        args.remove(0);
+    }
+    let Some(url) = args.first().cloned() else {
+        eprintln!("usage: ws-client [--ca CERT.pem] ws[s]://[user:pass@]host:port/path [message]");
+        std::process::exit(2);
+    };
+    let message = args.get(1).cloned().unwrap_or_else(|| "ping".into());
+    if let Err(e) = run(&url, &message, ca).await {
+        eprintln!("ws-client: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(
+    url: &str,
+    message: &str,
+    ca: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let parsed: http::Uri = url.parse()?;
+    let authority = parsed
+        .authority()
+        .ok_or("URL needs a host")?
+        .as_str()
+        .to_string();
+    let (creds, host) = match authority.rsplit_once('@') {
+        Some((c, h)) => (Some(c.to_string()), h.to_string()),
+        None => (None, authority.clone()),
+    };
+    let clean = url.replacen(&authority, &host, 1);
+    let mut req = clean.as_str().into_client_request()?;
+    if let Some(c) = creds {
+        let value = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(c)
+        );
+        req.headers_mut().insert("authorization", value.parse()?);
+    }
+    let connector = match ca {
+        Some(path) => {
+            let pem = std::fs::read(path)?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
+                roots.add(cert?)?;
+            }
+            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            Some(Connector::Rustls(Arc::new(cfg)))
+        }
+        None => None,
+    };
+    let (mut ws, resp) = match connect_async_tls_with_config(req, None, false, connector).await {
+        Ok(x) => x,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).to_string());
+            return Err(format!(
+                "refused: HTTP {} {}",
+                resp.status(),
+                body.unwrap_or_default().trim()
+            )
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!("connected: HTTP {}", resp.status());
+    if let Some(Ok(first)) = ws.next().await {
+        println!("server says: {first}");
+    }
+    ws.send(Message::text(message)).await?;
+    if let Some(Ok(echo)) = ws.next().await {
+        println!("echo: {echo}");
+    }
+    ws.close(None).await?;
+    Ok(())
+}

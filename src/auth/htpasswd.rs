@@ -1,0 +1,273 @@
+//! htpasswd parsing: `user:hash` lines with bcrypt or argon2id hashes only.
+//!
+//! Every hash is parsed at load so that a typo shows up in `wsgate check`, not as a
+//! mysteriously failing login. Error messages name the line and the user but never
+//! echo the hash: a hash in a log is an offline-cracking gift.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+
+/// The hint appended to every "unsupported hash" message.
+const SUPPORTED_HINT: &str = "use bcrypt or argon2id; see `wsgate hash-password`";
+
+/// A verified-parseable password hash.
+#[derive(Clone)]
+pub(crate) enum StoredHash {
+    /// `$2a$` / `$2b$` / `$2y$` bcrypt, 60 characters.
+    Bcrypt(String),
+    /// argon2id PHC string.
+    Argon2id(String),
+}
+
+impl StoredHash {
+    /// Slow: runs the hash. Call it on a blocking thread.
+    pub(crate) fn verify(&self, password: &[u8]) -> bool {
+        match self {
+            // bcrypt compares the digests in constant time itself (it uses `subtle`).
+            StoredHash::Bcrypt(h) => bcrypt::verify(password, h).unwrap_or(false),
+            StoredHash::Argon2id(h) => match PasswordHash::new(h) {
+                // `verify_password` reads algorithm, version and params from the hash and
+                // compares the output in constant time.
+                Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
+                // Cannot happen: the string was parsed at load. Fail closed anyway.
+                Err(_) => false,
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for StoredHash {
+    // Hashes must not reach logs, even through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoredHash::Bcrypt(_) => f.write_str("Bcrypt(<redacted>)"),
+            StoredHash::Argon2id(_) => f.write_str("Argon2id(<redacted>)"),
+        }
+    }
+}
+
+/// The parsed file: user → hash.
+#[derive(Debug, Default)]
+pub(crate) struct Htpasswd {
+    /// Users in file order's hash map (order is irrelevant for lookups).
+    pub(crate) users: HashMap<String, StoredHash>,
+    /// One real hash from the file, verified against for unknown users so that their
+    /// rejection costs as much as a wrong password (no user enumeration by timing).
+    pub(crate) dummy: Option<StoredHash>,
+}
+
+/// Parses htpasswd text; returns every problem found (messages without the field name).
+pub(crate) fn parse(bytes: &[u8]) -> Result<Htpasswd, Vec<String>> {
+    let mut out = Htpasswd::default();
+    let mut first_line: HashMap<String, usize> = HashMap::new();
+    let mut errors = Vec::new();
+    for (idx, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        let lineno = idx + 1;
+        let Ok(line) = std::str::from_utf8(raw) else {
+            errors.push(format!("line {lineno}: not valid UTF-8"));
+            continue;
+        };
+        // Tolerate CRLF files and stray trailing blanks.
+        let line = line.trim_end();
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let Some((user, hash)) = line.split_once(':') else {
+            errors.push(format!("line {lineno}: expected `user:hash`"));
+            continue;
+        };
+        if user.is_empty() {
+            errors.push(format!("line {lineno}: empty user name"));
+            continue;
+        }
+        let stored = match parse_hash(hash) {
+            Ok(h) => h,
+            Err(why) => {
+                errors.push(format!("line {lineno}: user {user:?}: {why}"));
+                continue;
+            }
+        };
+        if let Some(first) = first_line.get(user) {
+            errors.push(format!(
+                "line {lineno}: user {user:?}: duplicate user (first on line {first})"
+            ));
+            continue;
+        }
+        first_line.insert(user.to_owned(), lineno);
+        if out.dummy.is_none() {
+            out.dummy = Some(stored.clone());
+        }
+        out.users.insert(user.to_owned(), stored);
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Classifies and validates one hash; the error never contains the hash itself.
+fn parse_hash(hash: &str) -> Result<StoredHash, String> {
+    if hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$") {
+        return match bcrypt::HashParts::from_str(hash) {
+            Ok(_) => Ok(StoredHash::Bcrypt(hash.to_owned())),
+            Err(_) => Err("malformed bcrypt hash".to_owned()),
+        };
+    }
+    if hash.starts_with("$argon2id$") {
+        return parse_argon2id(hash).map(|()| StoredHash::Argon2id(hash.to_owned()));
+    }
+    Err(format!(
+        "unsupported hash {} ({SUPPORTED_HINT})",
+        scheme_label(hash)
+    ))
+}
+
+/// Checks an argon2id PHC string completely (version, params, salt, output).
+fn parse_argon2id(hash: &str) -> Result<(), String> {
+    let parsed = PasswordHash::new(hash).map_err(|e| format!("malformed argon2id hash: {e}"))?;
+    // Version 0x10 is the pre-standard variant; only v=19 (0x13) is accepted. An absent
+    // version means 0x13 per the PHC format used by the argon2 crate.
+    if parsed.version.is_some_and(|v| v != 19) {
+        return Err("malformed argon2id hash: only v=19 is supported".to_owned());
+    }
+    argon2::Params::try_from(&parsed)
+        .map_err(|e| format!("malformed argon2id hash: bad parameters: {e}"))?;
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Err("malformed argon2id hash: missing salt or output".to_owned());
+    }
+    Ok(())
+}
+
+/// A printable name for an unsupported hash scheme that cannot leak the hash:
+/// only a short, purely alphanumeric `$id$` or `{ID}` prefix is ever shown.
+fn scheme_label(hash: &str) -> String {
+    let short_ident = |s: &str| {
+        !s.is_empty() && s.len() <= 12 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if let Some(rest) = hash.strip_prefix('$')
+        && let Some((id, _)) = rest.split_once('$')
+        && short_ident(id)
+    {
+        return format!("${id}$");
+    }
+    if let Some(rest) = hash.strip_prefix('{')
+        && let Some((id, _)) = rest.split_once('}')
+        && short_ident(id)
+    {
+        return format!("{{{id}}}");
+    }
+    if hash.is_empty() {
+        return "(empty)".to_owned();
+    }
+    "(plain crypt or unknown format)".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Cost 4 keeps the tests fast; parsing does not care about the cost.
+    fn bcrypt_hash(pw: &str) -> String {
+        bcrypt::hash_with_result(pw, 4)
+            .expect("bcrypt hash")
+            .format_for_version(bcrypt::Version::TwoY)
+    }
+
+    fn argon_hash(pw: &str) -> String {
+        crate::auth::hash_argon2id(pw, argon2::Params::new(64, 1, 1, None).expect("params"))
+            .expect("argon2 hash")
+    }
+
+    #[test]
+    fn parses_good_lines_comments_and_blanks() {
+        let b = bcrypt_hash("pw1");
+        let b2a = b.replacen("$2y$", "$2a$", 1);
+        let a = argon_hash("pw2");
+        let text = format!("# users\n\nalice:{b}\r\n  \nbob:{a}\ncarol:{b2a}\n");
+        let h = parse(text.as_bytes()).expect("parses");
+        assert_eq!(h.users.len(), 3);
+        assert!(h.users["alice"].verify(b"pw1"));
+        assert!(!h.users["alice"].verify(b"pw2"));
+        assert!(h.users["bob"].verify(b"pw2"));
+        assert!(!h.users["bob"].verify(b"pw1"));
+        assert!(h.users["carol"].verify(b"pw1"));
+        assert!(h.dummy.is_some());
+    }
+
+    fn one_error(text: &str) -> String {
+        let errs = parse(text.as_bytes()).expect_err("must fail");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        errs.into_iter().next().unwrap_or_default()
+    }
+
+    #[test]
+    fn rejects_apr1_without_printing_hash() {
+        let e = one_error("# c\nbob:$apr1$abcdefgh$SECRETSECRETSECRET12\n");
+        assert_eq!(
+            e,
+            "line 2: user \"bob\": unsupported hash $apr1$ (use bcrypt or argon2id; see `wsgate hash-password`)"
+        );
+        assert!(!e.contains("SECRET"));
+    }
+
+    #[test]
+    fn rejects_sha_crypt_and_weak_argon_variants() {
+        let e = one_error("u:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n");
+        assert!(e.contains("unsupported hash {SHA}"), "{e}");
+        assert!(!e.contains("W6ph"));
+        let e = one_error("u:abJnggxhB/yWI\n");
+        assert!(e.contains("plain crypt"), "{e}");
+        assert!(!e.contains("abJngg"));
+        let e = one_error("u:$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\n");
+        assert!(e.contains("unsupported hash $argon2i$"), "{e}");
+        let e = one_error("u:$argon2d$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\n");
+        assert!(e.contains("unsupported hash $argon2d$"), "{e}");
+        let e = one_error("u:$6$salt$hash\n");
+        assert!(e.contains("unsupported hash $6$"), "{e}");
+        let e = one_error("u:\n");
+        assert!(e.contains("unsupported hash (empty)"), "{e}");
+    }
+
+    #[test]
+    fn rejects_malformed_supported_hashes() {
+        let e = one_error("u:$2y$12$tooshort\n");
+        assert_eq!(e, "line 1: user \"u\": malformed bcrypt hash");
+        let e = one_error("u:$argon2id$v=19$m=64,t=1,p=1$!!!$@@@\n");
+        assert!(
+            e.starts_with("line 1: user \"u\": malformed argon2id hash"),
+            "{e}"
+        );
+        let e = one_error("u:$argon2id$v=16$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\n");
+        assert!(e.contains("v=19"), "{e}");
+    }
+
+    #[test]
+    fn rejects_duplicates_missing_colon_empty_user_and_non_utf8() {
+        let b = bcrypt_hash("x");
+        let e = one_error(&format!("a:{b}\nb:{b}\na:{b}\n"));
+        assert_eq!(e, "line 3: user \"a\": duplicate user (first on line 1)");
+        assert_eq!(one_error("justauser\n"), "line 1: expected `user:hash`");
+        assert_eq!(one_error(&format!(":{b}\n")), "line 1: empty user name");
+        let mut bytes = format!("a:{b}\n").into_bytes();
+        bytes.extend_from_slice(b"\xff\xfe:x\n");
+        let errs = parse(&bytes).expect_err("must fail");
+        assert_eq!(errs, vec!["line 2: not valid UTF-8".to_owned()]);
+    }
+
+    #[test]
+    fn reports_every_bad_line() {
+        let errs = parse(b"a:$apr1$x$y\nb:{SHA}zz\n").expect_err("must fail");
+        assert_eq!(errs.len(), 2);
+    }
+
+    #[test]
+    fn empty_file_has_no_users() {
+        let h = parse(b"# nobody yet\n").expect("parses");
+        assert!(h.users.is_empty());
+        assert!(h.dummy.is_none());
+    }
+}

@@ -1,0 +1,590 @@
+//! JWT from a query parameter or `Authorization: Bearer`.
+//!
+//! Decoding is a signature check plus some JSON: microseconds, so it runs inline.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{AlgorithmFamily, DecodingKey, Validation};
+
+use super::{AuthFailure, Consumed, Identity, Scheme, authorization, query_param};
+use crate::config::{JwtConfig, JwtKey};
+
+/// Upper bound on `leeway`, in seconds.
+const MAX_LEEWAY_SECS: u64 = 86_400;
+
+/// A ready JWT authenticator.
+pub(crate) struct Jwt {
+    /// Verification key, of the family of every allowed algorithm.
+    key: DecodingKey,
+    /// Allow-list, leeway, required claims, issuer/audience.
+    validation: Validation,
+    /// Query parameter carrying the token.
+    query_param: String,
+    /// Longer tokens are refused before any decoding.
+    max_token_bytes: usize,
+}
+
+impl Jwt {
+    /// Loads the key and prepares the validation; errors are (field, message).
+    pub(crate) fn build(cfg: &JwtConfig) -> Result<Self, Vec<(String, String)>> {
+        let err = |field: &str, msg: String| vec![(field.to_owned(), msg)];
+        let Some(first) = cfg.algorithms.first() else {
+            return Err(err(
+                "algorithms",
+                "at least one algorithm is required".into(),
+            ));
+        };
+        let family = first.family();
+        // One key serves one family; jsonwebtoken refuses a mixed allow-list at verify time
+        // (every token would fail), so say it now.
+        if cfg.algorithms.iter().any(|a| a.family() != family) {
+            return Err(err(
+                "algorithms",
+                format!(
+                    "{:?} mix key types; one key can only verify one family (HS*, RS*/PS*, ES*, or EdDSA)",
+                    cfg.algorithms
+                ),
+            ));
+        }
+        let key = match (&cfg.key, family) {
+            (JwtKey::Secret(s), AlgorithmFamily::Hmac) => {
+                if s.is_empty() {
+                    return Err(err("secret", "must not be empty".into()));
+                }
+                DecodingKey::from_secret(s.as_bytes())
+            }
+            (JwtKey::Secret(_), _) => {
+                return Err(err(
+                    "secret",
+                    format!(
+                        "{:?} need `public_key`, not a shared secret",
+                        cfg.algorithms
+                    ),
+                ));
+            }
+            (JwtKey::PublicKey(p), AlgorithmFamily::Hmac) => {
+                return Err(err(
+                    "public_key",
+                    format!(
+                        "{:?} need `secret`, not a public key ({})",
+                        cfg.algorithms,
+                        p.display()
+                    ),
+                ));
+            }
+            (JwtKey::PublicKey(p), fam) => load_public_key(p, fam)
+                .map_err(|m| err("public_key", format!("{}: {m}", p.display())))?,
+        };
+
+        let mut validation = Validation::new(*first);
+        validation.algorithms = cfg.algorithms.clone();
+        // Capped at a day: more is a misconfiguration, and jsonwebtoken computes
+        // `now - leeway` in u64, which an absurd leeway would underflow.
+        validation.leeway = cfg.leeway.as_secs().min(MAX_LEEWAY_SECS);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        // jsonwebtoken only checks iss/aud when present; a configured value must also be
+        // required, or a token could pass by simply omitting the claim.
+        if let Some(iss) = &cfg.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        match &cfg.audience {
+            Some(aud) => {
+                validation.set_audience(aud);
+                required.push("aud");
+            }
+            // Otherwise jsonwebtoken would reject every token that carries any `aud`.
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+
+        Ok(Jwt {
+            key,
+            validation,
+            query_param: cfg.query_param.clone(),
+            max_token_bytes: cfg.max_token_bytes,
+        })
+    }
+
+    /// Finds and judges the token. Both a Bearer header and the query parameter at once
+    /// is `Malformed`: it is ambiguous, and whichever we ignored would reach the upstream.
+    pub(crate) fn check(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<(Identity, Consumed), AuthFailure> {
+        let from_header = match authorization(headers)? {
+            Some((Scheme::Bearer, rest)) => Some(rest),
+            _ => None,
+        };
+        let from_query = match query {
+            // Bound the encoded form too, so decoding a huge value is never attempted
+            // (percent-encoding at most triples the length).
+            Some(q) => query_param(q, &self.query_param, self.max_token_bytes.saturating_mul(3))?,
+            None => None,
+        };
+        let (token, consumed) = match (from_header, from_query) {
+            (Some(_), Some(_)) => return Err(AuthFailure::Malformed),
+            (Some(h), None) => (
+                std::str::from_utf8(h)
+                    .map_err(|_| AuthFailure::Malformed)?
+                    .to_owned(),
+                Consumed::AuthorizationHeader,
+            ),
+            (None, Some(q)) => (q, Consumed::QueryParam(self.query_param.clone())),
+            (None, None) => return Err(AuthFailure::Missing),
+        };
+        let identity = self.verify(&token)?;
+        Ok((identity, consumed))
+    }
+
+    /// Signature, then claims. Signature first, so a forger learns nothing about claims.
+    fn verify(&self, token: &str) -> Result<Identity, AuthFailure> {
+        if token.is_empty() || token.len() > self.max_token_bytes {
+            return Err(AuthFailure::Malformed);
+        }
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)
+            .map_err(|e| map_error(e.kind()))?;
+        let claims = data.claims;
+        let user = match claims.get("sub").and_then(serde_json::Value::as_str) {
+            Some(s) if !s.is_empty() => s.to_owned(),
+            _ => return Err(AuthFailure::BadClaims),
+        };
+        let expires_at = claims
+            .get("exp")
+            .and_then(numeric_date)
+            .ok_or(AuthFailure::BadClaims)?;
+        Ok(Identity {
+            user,
+            expires_at: Some(expires_at),
+        })
+    }
+}
+
+/// A JWT NumericDate (seconds since the epoch, integer or fraction) as a `SystemTime`.
+fn numeric_date(v: &serde_json::Value) -> Option<SystemTime> {
+    let d = match v.as_u64() {
+        Some(secs) => Duration::from_secs(secs),
+        None => Duration::try_from_secs_f64(v.as_f64()?).ok()?,
+    };
+    UNIX_EPOCH.checked_add(d)
+}
+
+/// jsonwebtoken's error → our failure reason (the metric label).
+fn map_error(kind: &ErrorKind) -> AuthFailure {
+    match kind {
+        ErrorKind::ExpiredSignature => AuthFailure::Expired,
+        ErrorKind::ImmatureSignature => AuthFailure::NotYetValid,
+        // InvalidAlgorithm: the header names an algorithm outside the allow-list (this is
+        // also how HS256-signed-with-the-public-key confusion attempts end up).
+        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => AuthFailure::BadSignature,
+        // Our key could not be used for the token's algorithm (e.g. an ES384 token against
+        // a P-256 key): the signature cannot be verified.
+        ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidKeyFormat => AuthFailure::BadSignature,
+        ErrorKind::InvalidIssuer
+        | ErrorKind::InvalidAudience
+        | ErrorKind::InvalidSubject
+        | ErrorKind::MissingRequiredClaim(_)
+        | ErrorKind::InvalidClaimFormat(_) => AuthFailure::BadClaims,
+        // Not three parts, bad base64/JSON/UTF-8, unknown `alg` such as "none", …
+        _ => AuthFailure::Malformed,
+    }
+}
+
+/// Reads a PEM public key of the given family.
+fn load_public_key(path: &std::path::Path, family: AlgorithmFamily) -> Result<DecodingKey, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    // A private key here means a secret sitting where only public material belongs;
+    // refuse rather than silently deriving from it.
+    if pem
+        .windows(b"PRIVATE KEY-----".len())
+        .any(|w| w == b"PRIVATE KEY-----")
+    {
+        return Err("is a private key; give the PEM public key instead".into());
+    }
+    let (parsed, kind) = match family {
+        AlgorithmFamily::Rsa => (DecodingKey::from_rsa_pem(&pem), "an RSA"),
+        AlgorithmFamily::Ec => (DecodingKey::from_ec_pem(&pem), "an EC"),
+        AlgorithmFamily::Ed => (DecodingKey::from_ed_pem(&pem), "an Ed25519"),
+        AlgorithmFamily::Hmac => return Err("HS* algorithms use `secret`".into()),
+    };
+    parsed.map_err(|_| {
+        format!("not {kind} public key in PEM form (as the configured algorithms need)")
+    })
+}
+
+impl std::fmt::Debug for Jwt {
+    // The key stays out of logs (an HMAC secret is a secret).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwt")
+            .field("algorithms", &self.validation.algorithms)
+            .field("query_param", &self.query_param)
+            .field("max_token_bytes", &self.max_token_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    use serde_json::json;
+    use std::io::Write as _;
+
+    pub(crate) const SECRET: &str = "test-secret-test-secret-32bytes!";
+
+    pub(crate) fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn hs_cfg() -> JwtConfig {
+        JwtConfig {
+            query_param: "token".into(),
+            algorithms: vec![Algorithm::HS256],
+            key: JwtKey::Secret(SECRET.into()),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(5),
+            max_token_bytes: 8192,
+        }
+    }
+
+    pub(crate) fn hs_token(claims: &serde_json::Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("encode")
+    }
+
+    pub(crate) fn good_claims() -> serde_json::Value {
+        json!({"sub": "alice", "exp": now() + 600})
+    }
+
+    fn bearer(t: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&format!("Bearer {t}")).expect("header"),
+        );
+        h
+    }
+
+    fn check_bearer(j: &Jwt, t: &str) -> Result<Identity, AuthFailure> {
+        j.check(&bearer(t), None).map(|(id, _)| id)
+    }
+
+    fn pem_file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("tempfile");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    /// An Ed25519 key pair: (private PKCS#8 PEM, public SPKI PEM).
+    fn ed25519() -> (String, String) {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("keygen");
+        (kp.serialize_pem(), kp.public_key_pem())
+    }
+
+    fn ed_cfg(public: &std::path::Path) -> JwtConfig {
+        JwtConfig {
+            algorithms: vec![Algorithm::EdDSA],
+            key: JwtKey::PublicKey(public.to_path_buf()),
+            ..hs_cfg()
+        }
+    }
+
+    #[test]
+    fn hs256_valid_in_bearer_header() {
+        let j = Jwt::build(&hs_cfg()).expect("build");
+        let exp = now() + 600;
+        let t = hs_token(&json!({"sub": "alice", "exp": exp}));
+        let (id, consumed) = j.check(&bearer(&t), None).expect("admit");
+        assert_eq!(id.user, "alice");
+        assert_eq!(id.expires_at, Some(UNIX_EPOCH + Duration::from_secs(exp)));
+        assert_eq!(consumed, Consumed::AuthorizationHeader);
+    }
+
+    #[test]
+    fn token_in_query_is_percent_decoded() {
+        let j = Jwt::build(&hs_cfg()).expect("build");
+        let t = hs_token(&good_claims());
+        // Encode the dots and a few letters; the decoded value must verify.
+        let enc = t.replace('.', "%2E").replacen('e', "%65", 2);
+        let q = format!("a=1&token={enc}&tokens=zzz");
+        let (id, consumed) = j.check(&http::HeaderMap::new(), Some(&q)).expect("admit");
+        assert_eq!(id.user, "alice");
+        assert_eq!(consumed, Consumed::QueryParam("token".into()));
+    }
+
+    #[test]
+    fn duplicate_query_param_and_header_plus_query_are_malformed() {
+        let j = Jwt::build(&hs_cfg()).expect("build");
+        let t = hs_token(&good_claims());
+        let q = format!("token={t}&token={t}");
+        assert_eq!(
+            j.check(&http::HeaderMap::new(), Some(&q)).err(),
+            Some(AuthFailure::Malformed)
+        );
+        let q = format!("token={t}");
+        assert_eq!(
+            j.check(&bearer(&t), Some(&q)).err(),
+            Some(AuthFailure::Malformed)
+        );
+        assert_eq!(
+            j.check(&http::HeaderMap::new(), Some("token=")).err(),
+            Some(AuthFailure::Malformed)
+        );
+    }
+
+    #[test]
+    fn missing_when_no_token() {
+        let j = Jwt::build(&hs_cfg()).expect("build");
+        assert_eq!(
+            j.check(&http::HeaderMap::new(), Some("a=1&tokens=x")).err(),
+            Some(AuthFailure::Missing)
+        );
+        let mut basic = http::HeaderMap::new();
+        basic.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Basic YTpi"),
+        );
+        assert_eq!(j.check(&basic, None).err(), Some(AuthFailure::Missing));
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid() {
+        let j = Jwt::build(&hs_cfg()).expect("build");
+        let t = hs_token(&json!({"sub": "a", "exp": now() - 60}));
+        assert_eq!(check_bearer(&j, &t).err(), Some(AuthFailure::Expired));
+        // Within the 5 s leeway: still fine.
+        let t = hs_token(&json!({"sub": "a", "exp": now() - 2}));
+        assert!(check_bearer(&j, &t).is_ok());
+        let t = hs_token(&json!({"sub": "a", "exp": now() + 600, "nbf": now() + 300}));
+        assert_eq!(check_bearer(&j, &t).err(), Some(AuthFailure::NotYetValid));
+    }
+
+    #[test]
+    fn wrong_signature() {
+        let j = Jwt::build(&hs_cfg()).expect("build");
+        let t = encode(
+            &Header::new(Algorithm::HS256),
+            &good_claims(),
+            &EncodingKey::from_secret(b"another-secret-another-secret-32"),
+        )
+        .expect("encode");
+        assert_eq!(check_bearer(&j, &t).err(), Some(AuthFailure::BadSignature));
+        // HS384 is not in the allow-list.
+        let t = encode(
+            &Header::new(Algorithm::HS384),
+            &good_claims(),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("encode");
+        assert_eq!(check_bearer(&j, &t).err(), Some(AuthFailure::BadSignature));
+    }
+
+    #[test]
+    fn alg_none_is_never_accepted() {
+        use base64::Engine as _;
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let head = b64(&json!({"alg": "none", "typ": "JWT"}));
+        let body = b64(&good_claims());
+        let j = Jwt::build(&hs_cfg()).expect("build");
+        for t in [format!("{head}.{body}."), format!("{head}.{body}")] {
+            assert_eq!(
+                check_bearer(&j, &t).err(),
+                Some(AuthFailure::Malformed),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_shapes() {
+        let j = Jwt::build(&hs_cfg()).expect("build");
+        for t in ["abc", "a.b.c", "a.b.c.d", "!!!.???.###"] {
+            assert_eq!(
+                check_bearer(&j, t).err(),
+                Some(AuthFailure::Malformed),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_token_is_malformed() {
+        let cfg = JwtConfig {
+            max_token_bytes: 64,
+            ..hs_cfg()
+        };
+        let j = Jwt::build(&cfg).expect("build");
+        let t = hs_token(&good_claims());
+        assert!(t.len() > 64);
+        assert_eq!(check_bearer(&j, &t).err(), Some(AuthFailure::Malformed));
+        let q = format!("token={t}");
+        assert_eq!(
+            j.check(&http::HeaderMap::new(), Some(&q)).err(),
+            Some(AuthFailure::Malformed)
+        );
+    }
+
+    #[test]
+    fn claims_checks() {
+        let cfg = JwtConfig {
+            issuer: Some("https://auth.example".into()),
+            audience: Some(vec!["chat".into(), "other".into()]),
+            ..hs_cfg()
+        };
+        let j = Jwt::build(&cfg).expect("build");
+        let base = |extra: serde_json::Value| {
+            let mut c = json!({"sub": "alice", "exp": now() + 600,
+                               "iss": "https://auth.example", "aud": "chat"});
+            if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+                for (k, v) in e {
+                    if v.is_null() {
+                        c.remove(k);
+                    } else {
+                        c.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            hs_token(&c)
+        };
+        assert!(check_bearer(&j, &base(json!({}))).is_ok());
+        assert!(check_bearer(&j, &base(json!({"aud": ["x", "other"]}))).is_ok());
+        for (what, extra) in [
+            ("wrong aud", json!({"aud": "nope"})),
+            ("missing aud", json!({"aud": null})),
+            ("wrong iss", json!({"iss": "https://evil.example"})),
+            ("missing iss", json!({"iss": null})),
+            ("missing sub", json!({"sub": null})),
+            ("empty sub", json!({"sub": ""})),
+            ("numeric sub", json!({"sub": 42})),
+            ("string exp", json!({"exp": "tomorrow"})),
+            ("missing exp", json!({"exp": null})),
+        ] {
+            assert_eq!(
+                check_bearer(&j, &base(extra)).err(),
+                Some(AuthFailure::BadClaims),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn aud_is_ignored_when_not_configured() {
+        let j = Jwt::build(&hs_cfg()).expect("build");
+        let t = hs_token(&json!({"sub": "a", "exp": now() + 60, "aud": "whatever"}));
+        assert!(check_bearer(&j, &t).is_ok());
+    }
+
+    #[test]
+    fn eddsa_valid_and_confusion_refused() {
+        let (private, public) = ed25519();
+        let f = pem_file(&public);
+        let j = Jwt::build(&ed_cfg(f.path())).expect("build");
+        let exp = now() + 600;
+        let t = encode(
+            &Header::new(Algorithm::EdDSA),
+            &json!({"sub": "bob", "exp": exp}),
+            &EncodingKey::from_ed_pem(private.as_bytes()).expect("enc key"),
+        )
+        .expect("encode");
+        let id = check_bearer(&j, &t).expect("admit");
+        assert_eq!(id.user, "bob");
+
+        // Key confusion: HS256 "signed" with the public key's bytes must not pass.
+        let forged = encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"sub": "bob", "exp": exp}),
+            &EncodingKey::from_secret(public.as_bytes()),
+        )
+        .expect("encode");
+        assert_eq!(
+            check_bearer(&j, &forged).err(),
+            Some(AuthFailure::BadSignature)
+        );
+
+        // Signed by another Ed25519 key.
+        let (other, _) = ed25519();
+        let t = encode(
+            &Header::new(Algorithm::EdDSA),
+            &json!({"sub": "bob", "exp": exp}),
+            &EncodingKey::from_ed_pem(other.as_bytes()).expect("enc key"),
+        )
+        .expect("encode");
+        assert_eq!(check_bearer(&j, &t).err(), Some(AuthFailure::BadSignature));
+    }
+
+    #[test]
+    fn es256_valid() {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("keygen");
+        let f = pem_file(&kp.public_key_pem());
+        let cfg = JwtConfig {
+            algorithms: vec![Algorithm::ES256],
+            key: JwtKey::PublicKey(f.path().to_path_buf()),
+            ..hs_cfg()
+        };
+        let j = Jwt::build(&cfg).expect("build");
+        let t = encode(
+            &Header::new(Algorithm::ES256),
+            &good_claims(),
+            &EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).expect("enc key"),
+        )
+        .expect("encode");
+        assert_eq!(check_bearer(&j, &t).expect("admit").user, "alice");
+    }
+
+    #[test]
+    fn build_errors() {
+        // Wrong kind of PEM for the algorithm family.
+        let (private, public) = ed25519();
+        let f = pem_file(&public);
+        let cfg = JwtConfig {
+            algorithms: vec![Algorithm::RS256],
+            ..ed_cfg(f.path())
+        };
+        let errs = Jwt::build(&cfg).expect_err("fails");
+        assert_eq!(errs[0].0, "public_key");
+        assert!(errs[0].1.contains("not an RSA public key"), "{}", errs[0].1);
+        // A private key where the public one belongs.
+        let fp = pem_file(&private);
+        let errs = Jwt::build(&ed_cfg(fp.path())).expect_err("fails");
+        assert_eq!(errs[0].0, "public_key");
+        assert!(errs[0].1.contains("private key"), "{}", errs[0].1);
+        // Missing file.
+        let errs =
+            Jwt::build(&ed_cfg(std::path::Path::new("/nonexistent/k.pem"))).expect_err("fails");
+        assert_eq!(errs[0].0, "public_key");
+        // Mixed families.
+        let cfg = JwtConfig {
+            algorithms: vec![Algorithm::EdDSA, Algorithm::ES256],
+            ..ed_cfg(f.path())
+        };
+        assert_eq!(Jwt::build(&cfg).expect_err("fails")[0].0, "algorithms");
+        // Secret with asymmetric algorithms, public key with HS*.
+        let cfg = JwtConfig {
+            algorithms: vec![Algorithm::RS256],
+            ..hs_cfg()
+        };
+        assert_eq!(Jwt::build(&cfg).expect_err("fails")[0].0, "secret");
+        let cfg = JwtConfig {
+            algorithms: vec![Algorithm::HS256],
+            ..ed_cfg(f.path())
+        };
+        assert_eq!(Jwt::build(&cfg).expect_err("fails")[0].0, "public_key");
+    }
+}

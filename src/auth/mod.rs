@@ -1,0 +1,633 @@
+//! Authentication on the upgrade request: Basic (htpasswd) and JWT.
+//!
+//! Authenticators are built once per config load (files read, hashes and keys parsed),
+//! then shared by routes. A route tries its authenticators in order and the first that
+//! admits wins; when none does, the reported failure follows the contract's rule (see
+//! [`RouteAuth::check`]).
+
+mod basic;
+mod cache;
+mod htpasswd;
+mod jwt;
+mod limiter;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub use limiter::{ACQUIRE_TIMEOUT, HashLimiter, WAITERS_PER_PERMIT};
+
+use crate::config::AuthConfig;
+
+/// Who was admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The Basic user name or the JWT `sub`.
+    pub user: String,
+    /// The JWT `exp`; `None` for Basic.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// Which credential was consumed (the gateway strips it before forwarding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consumed {
+    /// The `Authorization` header.
+    AuthorizationHeader,
+    /// The query parameter of this name (every occurrence).
+    QueryParam(String),
+}
+
+/// A successful check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// Who was admitted.
+    pub identity: Identity,
+    /// The credential to strip before forwarding.
+    pub consumed: Consumed,
+    /// Name of the authenticator that admitted.
+    pub authenticator: String,
+}
+
+/// Why a request was refused; `reason()` gives the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    /// No credential this route understands.
+    #[error("no credentials")]
+    Missing,
+    /// A credential that cannot be parsed.
+    #[error("malformed credentials")]
+    Malformed,
+    /// Unknown user or wrong password.
+    #[error("bad credentials")]
+    BadCredentials,
+    /// JWT past its `exp` (plus leeway).
+    #[error("token expired")]
+    Expired,
+    /// JWT before its `nbf` (minus leeway).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// JWT signature invalid or algorithm not allowed.
+    #[error("bad token signature")]
+    BadSignature,
+    /// JWT claims missing or not as required (`sub`, `iss`, `aud`, types).
+    #[error("bad token claims")]
+    BadClaims,
+    /// Too many password verifications in flight; retry later.
+    #[error("too many password verifications in flight")]
+    Busy,
+}
+
+impl AuthFailure {
+    /// The `reason` label for `wsgate_auth_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::BadCredentials => "bad_credentials",
+            AuthFailure::Expired => "expired",
+            AuthFailure::NotYetValid => "not_yet_valid",
+            AuthFailure::BadSignature => "bad_signature",
+            AuthFailure::BadClaims => "bad_claims",
+            AuthFailure::Busy => "busy",
+        }
+    }
+}
+
+/// One named, ready-to-use authenticator (built from config; files already loaded).
+#[derive(Debug)]
+pub struct Authenticator {
+    /// Its key under `auth:`.
+    name: String,
+    /// The mechanism.
+    kind: Kind,
+}
+
+/// The mechanisms.
+#[derive(Debug)]
+enum Kind {
+    /// HTTP Basic.
+    Basic(basic::Basic),
+    /// JWT (query parameter or Bearer).
+    Jwt(jwt::Jwt),
+}
+
+impl Authenticator {
+    /// Loads files (htpasswd, PEM public key) and builds; errors are (config field, message).
+    pub fn build(
+        name: &str,
+        cfg: &AuthConfig,
+        hash_limiter: Arc<HashLimiter>,
+    ) -> Result<Self, Vec<(String, String)>> {
+        let kind = match cfg {
+            AuthConfig::Basic(b) => Kind::Basic(basic::Basic::build(b, hash_limiter)?),
+            AuthConfig::Jwt(j) => Kind::Jwt(jwt::Jwt::build(j)?),
+        };
+        Ok(Authenticator {
+            name: name.to_owned(),
+            kind,
+        })
+    }
+
+    /// Its name (key under `auth:`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The realm, for a Basic authenticator.
+    pub fn basic_realm(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Basic(b) => Some(&b.realm),
+            Kind::Jwt(_) => None,
+        }
+    }
+
+    /// Judges the request with this authenticator alone.
+    pub async fn check(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Admission, AuthFailure> {
+        let (identity, consumed) = match &self.kind {
+            Kind::Basic(b) => b.check(headers).await?,
+            Kind::Jwt(j) => j.check(headers, query)?,
+        };
+        Ok(Admission {
+            identity,
+            consumed,
+            authenticator: self.name.clone(),
+        })
+    }
+}
+
+/// The authenticators of one route (any one admits).
+#[derive(Debug, Clone, Default)]
+pub struct RouteAuth {
+    /// In the route's `auth:` order.
+    auths: Vec<Arc<Authenticator>>,
+}
+
+impl RouteAuth {
+    /// The route's authenticators, in order.
+    pub fn new(auths: Vec<Arc<Authenticator>>) -> Self {
+        RouteAuth { auths }
+    }
+
+    /// No authenticators: everyone is admitted without a check.
+    pub fn is_open(&self) -> bool {
+        self.auths.is_empty()
+    }
+
+    /// `Basic realm="<realm>", charset="UTF-8"` of the first Basic authenticator, else `None`.
+    pub fn challenge(&self) -> Option<String> {
+        self.auths
+            .iter()
+            .find_map(|a| a.basic_realm())
+            .map(|realm| {
+                // Quotes and backslashes would break the quoted-string; escape them (RFC 9110 §5.6.4).
+                let escaped = realm.replace('\\', "\\\\").replace('"', "\\\"");
+                format!("Basic realm=\"{escaped}\", charset=\"UTF-8\"")
+            })
+    }
+
+    /// Tries each authenticator in order; the first that admits wins. Otherwise: `Busy` if
+    /// any verification could not get a hash slot (the credential might have been good);
+    /// else the first failure from an authenticator that found a credential it could judge;
+    /// `Missing` only when none found any. An open route admits nobody here (check
+    /// [`is_open`](Self::is_open) first); it answers `Missing`.
+    pub async fn check(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Admission, AuthFailure> {
+        let mut judged: Option<AuthFailure> = None;
+        let mut busy = false;
+        for a in &self.auths {
+            match a.check(headers, query).await {
+                Ok(admission) => return Ok(admission),
+                Err(AuthFailure::Missing) => {}
+                Err(AuthFailure::Busy) => busy = true,
+                Err(f) => {
+                    judged.get_or_insert(f);
+                }
+            }
+        }
+        if busy {
+            return Err(AuthFailure::Busy);
+        }
+        Err(judged.unwrap_or(AuthFailure::Missing))
+    }
+}
+
+/// The scheme of an `Authorization` header, as far as we care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    /// `Basic`, any case.
+    Basic,
+    /// `Bearer`, any case.
+    Bearer,
+    /// Anything else (not a credential for us).
+    Other,
+}
+
+/// The single `Authorization` header split into scheme and (trimmed) parameters.
+/// Several `Authorization` headers are `Malformed`: which one would be meant, and which
+/// one stripped, is ambiguous.
+fn authorization(headers: &http::HeaderMap) -> Result<Option<(Scheme, &[u8])>, AuthFailure> {
+    let mut all = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(AuthFailure::Malformed);
+    }
+    let bytes = value.as_bytes().trim_ascii();
+    let (scheme, rest) = match bytes.iter().position(|b| *b == b' ' || *b == b'\t') {
+        Some(i) => {
+            let (scheme, rest) = bytes.split_at(i);
+            (scheme, rest.trim_ascii())
+        }
+        None => (bytes, &b""[..]),
+    };
+    let scheme = if scheme.eq_ignore_ascii_case(b"basic") {
+        Scheme::Basic
+    } else if scheme.eq_ignore_ascii_case(b"bearer") {
+        Scheme::Bearer
+    } else {
+        Scheme::Other
+    };
+    Ok(Some((scheme, rest)))
+}
+
+/// Whether a raw `key` (before `=`) names `name`, comparing the percent-decoded key so
+/// `%74oken` is found (and stripped) just like `token`.
+fn key_matches(raw_key: &str, name: &str) -> bool {
+    percent_decode(raw_key).is_some_and(|k| k == name.as_bytes())
+}
+
+/// The percent-decoded value of the single `name` parameter. More than one occurrence,
+/// an empty value, a raw value longer than `max_raw`, or a value that is not UTF-8
+/// after decoding: `Malformed`.
+fn query_param(query: &str, name: &str, max_raw: usize) -> Result<Option<String>, AuthFailure> {
+    let mut found: Option<&str> = None;
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !key_matches(key, name) {
+            continue;
+        }
+        if found.is_some() {
+            return Err(AuthFailure::Malformed);
+        }
+        found = Some(value);
+    }
+    let Some(raw) = found else {
+        return Ok(None);
+    };
+    if raw.is_empty() || raw.len() > max_raw {
+        return Err(AuthFailure::Malformed);
+    }
+    let bytes = percent_decode(raw).ok_or(AuthFailure::Malformed)?;
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| AuthFailure::Malformed)
+}
+
+/// `application/x-www-form-urlencoded` decoding (`%XX` and `+` as space); `None` on a
+/// broken `%` escape.
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let hex = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    };
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let hi = hex(*bytes.get(i + 1)?)?;
+                let lo = hex(*bytes.get(i + 2)?)?;
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Removes every `name` parameter from a raw query, keeping the other pairs byte-for-byte
+/// and in order; `None` if nothing remains.
+///
+/// When something is removed, empty pairs (`a=1&&b=2`) are dropped too, so no stray `&`
+/// is left behind; when nothing matches, the query comes back unchanged.
+pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
+    let matches = |pair: &str| key_matches(pair.split_once('=').map_or(pair, |(k, _)| k), name);
+    if !query.split('&').any(matches) {
+        return (!query.is_empty()).then(|| query.to_owned());
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !matches(p))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+/// Why `hash_password` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// bcrypt only uses the first 72 bytes; longer passwords would be silently truncated.
+    #[error("password is 72 bytes or longer, which bcrypt truncates; use --argon2")]
+    TooLong,
+    /// The bcrypt library failed (e.g. no OS randomness).
+    #[error("bcrypt: {0}")]
+    Bcrypt(String),
+    /// The argon2 library failed (e.g. no OS randomness).
+    #[error("argon2: {0}")]
+    Argon2(String),
+}
+
+/// bcrypt cost used by `wsgate hash-password` (~250 ms on a current core).
+pub const BCRYPT_COST: u32 = 12;
+
+/// For `wsgate hash-password`: bcrypt (`$2y$`, cost 12) or argon2id (default params, PHC string).
+pub fn hash_password(password: &str, argon2: bool) -> Result<String, HashError> {
+    if argon2 {
+        return hash_argon2id(password, argon2::Params::default());
+    }
+    match bcrypt::non_truncating_hash_with_result(password, BCRYPT_COST) {
+        Ok(parts) => Ok(parts.format_for_version(bcrypt::Version::TwoY)),
+        Err(bcrypt::BcryptError::Truncation(_)) => Err(HashError::TooLong),
+        Err(e) => Err(HashError::Bcrypt(e.to_string())),
+    }
+}
+
+/// argon2id with explicit params (tests use cheap ones).
+fn hash_argon2id(password: &str, params: argon2::Params) -> Result<String, HashError> {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| HashError::Argon2(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BasicConfig;
+    use base64::Engine as _;
+    use serde_json::json;
+    use std::io::Write as _;
+    use std::time::Duration;
+
+    #[test]
+    fn reasons() {
+        let all = [
+            (AuthFailure::Missing, "missing"),
+            (AuthFailure::Malformed, "malformed"),
+            (AuthFailure::BadCredentials, "bad_credentials"),
+            (AuthFailure::Expired, "expired"),
+            (AuthFailure::NotYetValid, "not_yet_valid"),
+            (AuthFailure::BadSignature, "bad_signature"),
+            (AuthFailure::BadClaims, "bad_claims"),
+            (AuthFailure::Busy, "busy"),
+        ];
+        for (f, r) in all {
+            assert_eq!(f.reason(), r);
+        }
+    }
+
+    #[test]
+    fn strip_cases() {
+        let s = |q: &str| strip_query_param(q, "token");
+        assert_eq!(s("token=x&a=1&b=2"), Some("a=1&b=2".into()));
+        assert_eq!(s("a=1&token=x&b=2"), Some("a=1&b=2".into()));
+        assert_eq!(s("a=1&b=2&token=x"), Some("a=1&b=2".into()));
+        assert_eq!(s("token=x"), None);
+        assert_eq!(s("token=x&token=y"), None);
+        assert_eq!(s("token=x&a=1&token=y&token"), Some("a=1".into()));
+        assert_eq!(s("a=1&&token=x&&b=%2F+c&"), Some("a=1&b=%2F+c".into()));
+        assert_eq!(
+            s("tokens=1&token=x&xtoken=2"),
+            Some("tokens=1&xtoken=2".into())
+        );
+        assert_eq!(s("%74oken=x&a=1"), Some("a=1".into()));
+        // Nothing to strip: unchanged, even odd bytes.
+        assert_eq!(s("tokens=1&&a"), Some("tokens=1&&a".into()));
+        assert_eq!(s(""), None);
+    }
+
+    #[test]
+    fn query_param_cases() {
+        assert_eq!(
+            query_param("a=1&token=a%2Eb+c", "token", 100),
+            Ok(Some("a.b c".into()))
+        );
+        assert_eq!(query_param("a=1&tokens=x", "token", 100), Ok(None));
+        assert_eq!(
+            query_param("token=1&token=2", "token", 100),
+            Err(AuthFailure::Malformed)
+        );
+        assert_eq!(
+            query_param("token", "token", 100),
+            Err(AuthFailure::Malformed)
+        );
+        assert_eq!(
+            query_param("token=%zz", "token", 100),
+            Err(AuthFailure::Malformed)
+        );
+        assert_eq!(
+            query_param("token=%ff", "token", 100),
+            Err(AuthFailure::Malformed)
+        );
+        assert_eq!(
+            query_param("token=abcdef", "token", 5),
+            Err(AuthFailure::Malformed)
+        );
+    }
+
+    #[test]
+    fn two_authorization_headers_are_malformed() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Basic YTpi"),
+        );
+        h.append(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Bearer x"),
+        );
+        assert_eq!(authorization(&h), Err(AuthFailure::Malformed));
+    }
+
+    #[test]
+    fn hash_password_bcrypt_verifies() {
+        let h = hash_password("correct horse", false).expect("hash");
+        assert!(h.starts_with("$2y$12$"), "{h}");
+        assert!(bcrypt::verify("correct horse", &h).expect("verify"));
+        // It is also accepted by our own htpasswd loader.
+        let parsed = htpasswd::parse(format!("u:{h}\n").as_bytes()).expect("loads");
+        assert!(parsed.users["u"].verify(b"correct horse"));
+        assert!(matches!(
+            hash_password(&"x".repeat(80), false),
+            Err(HashError::TooLong)
+        ));
+    }
+
+    #[test]
+    fn hash_password_argon2id_verifies() {
+        let h = hash_password("correct horse", true).expect("hash");
+        assert!(h.starts_with("$argon2id$v=19$"), "{h}");
+        let parsed = htpasswd::parse(format!("u:{h}\n").as_bytes()).expect("loads");
+        assert!(parsed.users["u"].verify(b"correct horse"));
+        assert!(!parsed.users["u"].verify(b"wrong horse"));
+    }
+
+    fn htpasswd_file() -> tempfile::NamedTempFile {
+        let h = bcrypt::hash_with_result("pw", 4)
+            .expect("hash")
+            .format_for_version(bcrypt::Version::TwoY);
+        let mut f = tempfile::NamedTempFile::new().expect("tempfile");
+        writeln!(f, "alice:{h}").expect("write");
+        f
+    }
+
+    fn route(f: &tempfile::NamedTempFile, limiter: Arc<HashLimiter>) -> RouteAuth {
+        let basic = AuthConfig::Basic(BasicConfig {
+            realm: "my \"realm\"".into(),
+            htpasswd: f.path().to_path_buf(),
+            cache_ttl: Duration::from_secs(60),
+        });
+        let jwt = AuthConfig::Jwt(jwt::tests::hs_cfg());
+        RouteAuth::new(vec![
+            Arc::new(Authenticator::build("users", &basic, limiter).expect("basic")),
+            Arc::new(
+                Authenticator::build("jwt", &jwt, Arc::new(HashLimiter::new(1))).expect("jwt"),
+            ),
+        ])
+    }
+
+    fn basic_header(user: &str, pw: &str) -> http::HeaderMap {
+        let v = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+        );
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&v).expect("header"),
+        );
+        h
+    }
+
+    #[tokio::test]
+    async fn failure_selection_across_authenticators() {
+        let f = htpasswd_file();
+        let r = route(&f, Arc::new(HashLimiter::new(2)));
+        assert!(!r.is_open());
+        assert!(RouteAuth::new(vec![]).is_open());
+        let none = http::HeaderMap::new();
+
+        // Nothing at all: Missing.
+        assert_eq!(r.check(&none, None).await.err(), Some(AuthFailure::Missing));
+        assert_eq!(
+            r.check(&none, Some("a=1")).await.err(),
+            Some(AuthFailure::Missing)
+        );
+
+        // Expired JWT in the query, no Basic header: the JWT's verdict, not Missing.
+        let expired = jwt::tests::hs_token(&json!({"sub": "a", "exp": jwt::tests::now() - 600}));
+        let q = format!("token={expired}");
+        assert_eq!(
+            r.check(&none, Some(&q)).await.err(),
+            Some(AuthFailure::Expired)
+        );
+
+        // Wrong Basic password and an expired JWT: the first judged failure (Basic, listed first).
+        let bad = basic_header("alice", "nope");
+        assert_eq!(
+            r.check(&bad, Some(&q)).await.err(),
+            Some(AuthFailure::BadCredentials)
+        );
+
+        // Wrong Basic password but a good JWT in the query: admitted by the JWT.
+        let good = jwt::tests::hs_token(&jwt::tests::good_claims());
+        let a = r
+            .check(&bad, Some(&format!("x=1&token={good}")))
+            .await
+            .expect("admit");
+        assert_eq!(a.authenticator, "jwt");
+        assert_eq!(a.identity.user, "alice");
+        assert_eq!(a.consumed, Consumed::QueryParam("token".into()));
+
+        // Good Basic: admitted by the first authenticator.
+        let a = r
+            .check(&basic_header("alice", "pw"), None)
+            .await
+            .expect("admit");
+        assert_eq!(a.authenticator, "users");
+        assert_eq!(a.consumed, Consumed::AuthorizationHeader);
+        assert_eq!(a.identity.expires_at, None);
+    }
+
+    #[test]
+    fn check_future_is_send() {
+        // The integrator awaits `check` inside spawned connection tasks.
+        fn assert_send<T: Send>(_: &T) {}
+        let f = htpasswd_file();
+        let r = route(&f, Arc::new(HashLimiter::new(1)));
+        let h = http::HeaderMap::new();
+        assert_send(&r.check(&h, None));
+    }
+
+    #[tokio::test]
+    async fn busy_wins_when_nothing_admits() {
+        let f = htpasswd_file();
+        let limiter = Arc::new(HashLimiter::with_limits(1, 0, Duration::from_secs(60)));
+        let r = route(&f, limiter.clone());
+        let _held = limiter.try_take().expect("slot");
+        let expired = jwt::tests::hs_token(&json!({"sub": "a", "exp": jwt::tests::now() - 600}));
+        let q = format!("token={expired}");
+        assert_eq!(
+            r.check(&basic_header("alice", "pw"), Some(&q)).await.err(),
+            Some(AuthFailure::Busy)
+        );
+        // ...but a JWT that admits still admits while hashing is saturated.
+        let good = jwt::tests::hs_token(&jwt::tests::good_claims());
+        let q = format!("token={good}");
+        assert!(
+            r.check(&basic_header("alice", "pw"), Some(&q))
+                .await
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn challenge_is_first_basic_realm_escaped() {
+        let f = htpasswd_file();
+        let r = route(&f, Arc::new(HashLimiter::new(1)));
+        assert_eq!(
+            r.challenge().as_deref(),
+            Some(r#"Basic realm="my \"realm\"", charset="UTF-8""#)
+        );
+        let jwt_only = RouteAuth::new(vec![Arc::new(
+            Authenticator::build(
+                "jwt",
+                &AuthConfig::Jwt(jwt::tests::hs_cfg()),
+                Arc::new(HashLimiter::new(1)),
+            )
+            .expect("jwt"),
+        )]);
+        assert_eq!(jwt_only.challenge(), None);
+        assert_eq!(jwt_only.auths[0].name(), "jwt");
+        assert_eq!(jwt_only.auths[0].basic_realm(), None);
+    }
+}

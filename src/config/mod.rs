@@ -1,0 +1,770 @@
+//! Configuration: YAML text → validated, typed [`Config`].
+//!
+//! The YAML is parsed into a generic tree first, then walked by hand so that every problem is
+//! reported at once with its YAML path (`routes[1].upstream: ...`) instead of stopping at the
+//! first one. `${VAR}` references are expanded after parsing. This module binds no ports and
+//! opens no files other than the config itself: certificates, keys and htpasswd files are
+//! loaded by a later stage.
+
+mod duration;
+mod env;
+mod parse;
+mod types;
+mod validate;
+
+pub use types::*;
+
+use std::fmt;
+use std::path::Path;
+
+/// One configuration problem, located by its YAML path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// YAML path such as `routes[1].upstream`; empty for file-level problems.
+    pub path: String,
+    /// What is wrong, and when possible how to fix it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// Creates an error at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every problem found in one configuration; never empty when returned as an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        Self(vec![e])
+    }
+}
+
+/// Reads and validates the config file at `path`, expanding `${VAR}` from the process
+/// environment and resolving relative file names against the file's directory.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            "",
+            format!("cannot read config file {}: {e}", path.display()),
+        )
+    })?;
+    let base_dir = path.parent().unwrap_or(Path::new(""));
+    parse_str(&text, path, base_dir, &|name| std::env::var(name).ok())
+}
+
+/// Validates config text without touching the filesystem or the real environment.
+///
+/// `source` is recorded in [`Config::source`]; relative file names are joined to `base_dir`;
+/// `env` answers `${VAR}` lookups.
+pub fn parse_str(
+    yaml: &str,
+    source: &Path,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    // No snippet: it would quote the source text, which may contain a literal secret.
+    let options = serde_saphyr::options! { with_snippet: false };
+    let tree: serde_json::Value = serde_saphyr::from_str_with_options(yaml, options)
+        .map_err(|e| ConfigError::new("", syntax_message(&e.to_string())))?;
+    parse::build(&tree, source, base_dir, env).map_err(ConfigErrors)
+}
+
+fn syntax_message(raw: &str) -> String {
+    // The parser's advice names its own API, which means nothing to someone editing YAML.
+    let raw = raw.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+    format!("invalid YAML: {raw}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use jsonwebtoken::Algorithm;
+
+    use super::*;
+
+    const MINIMAL: &str = "listeners:\n  - bind: \"127.0.0.1:8080\"\nroutes:\n  - path: /ws\n    upstream: ws://127.0.0.1:3000\n";
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "WSGATE_JWT_SECRET" => Some("s3cr#t: \"quoted\"".into()),
+            "PORT" => Some("9000".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    fn parse(yaml: &str) -> Result<Config, ConfigErrors> {
+        parse_str(
+            yaml,
+            Path::new("/etc/wsgate/config.yaml"),
+            Path::new("/etc/wsgate"),
+            &env,
+        )
+    }
+
+    fn ok(yaml: &str) -> Config {
+        match parse(yaml) {
+            Ok(c) => c,
+            Err(e) => panic!("expected a valid config, got:\n{e}"),
+        }
+    }
+
+    fn errs(yaml: &str) -> Vec<String> {
+        match parse(yaml) {
+            Ok(c) => panic!("expected errors, got {c:?}"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// Asserts that some error starts with `path: ` and contains `needle`.
+    #[track_caller]
+    fn has(errors: &[String], path: &str, needle: &str) {
+        let prefix = format!("{path}: ");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(&prefix) && e.contains(needle)),
+            "no error at {path} containing {needle:?} in:\n{}",
+            errors.join("\n")
+        );
+    }
+
+    /// MINIMAL plus extra top-level YAML.
+    fn with(extra: &str) -> String {
+        format!("{MINIMAL}{extra}")
+    }
+
+    fn jwt(body: &str) -> String {
+        with(&format!("auth:\n  j:\n    type: jwt\n{body}"))
+    }
+
+    fn jwt_config(c: &Config) -> &JwtConfig {
+        match c.auth.get("j") {
+            Some(AuthConfig::Jwt(j)) => j,
+            other => panic!("expected jwt, got {other:?}"),
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let yaml = r#"
+listeners:
+  - bind: "127.0.0.1:8080"
+  - bind: "0.0.0.0:8443"
+    tls:
+      cert: certs/dev.crt
+      key: /abs/dev.key
+admin:
+  bind: "127.0.0.1:9100"
+auth:
+  users:
+    type: basic
+    realm: wsgate
+    htpasswd: users.htpasswd
+  jwt:
+    type: jwt
+    query_param: token
+    algorithms: [HS256]
+    secret: "${WSGATE_JWT_SECRET}"
+    issuer: "https://auth.example"
+    audience: "chat"
+    leeway: 30s
+routes:
+  - path: /test-ws
+    upstream: ws://127.0.0.1:3000
+  - path: /websocket
+    upstream: ws://127.0.0.1:3000
+    auth: [users, jwt]
+"#;
+        let c = ok(yaml);
+        assert_eq!(c.source, PathBuf::from("/etc/wsgate/config.yaml"));
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners[0].bind, addr("127.0.0.1:8080"));
+        assert_eq!(c.listeners[0].tls, None);
+        assert_eq!(
+            c.listeners[1].tls,
+            Some(TlsFiles {
+                cert: PathBuf::from("/etc/wsgate/certs/dev.crt"),
+                key: PathBuf::from("/abs/dev.key"),
+            })
+        );
+        assert_eq!(
+            c.admin,
+            Some(AdminConfig {
+                bind: addr("127.0.0.1:9100")
+            })
+        );
+        assert_eq!(
+            c.auth.get("users"),
+            Some(&AuthConfig::Basic(BasicConfig {
+                realm: "wsgate".into(),
+                htpasswd: PathBuf::from("/etc/wsgate/users.htpasswd"),
+                cache_ttl: Duration::from_secs(60),
+            }))
+        );
+        let j = match c.auth.get("jwt") {
+            Some(AuthConfig::Jwt(j)) => j,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(j.query_param, "token");
+        assert_eq!(j.algorithms, vec![Algorithm::HS256]);
+        assert_eq!(j.key, JwtKey::Secret("s3cr#t: \"quoted\"".into()));
+        assert_eq!(j.issuer.as_deref(), Some("https://auth.example"));
+        assert_eq!(j.audience, Some(vec!["chat".to_string()]));
+        assert_eq!(j.leeway, Duration::from_secs(30));
+        assert_eq!(j.max_token_bytes, 8192);
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[0].path, "/test-ws");
+        assert!(c.routes[0].auth.is_empty());
+        assert_eq!(
+            c.routes[1].auth,
+            vec!["users".to_string(), "jwt".to_string()]
+        );
+        assert_eq!(
+            c.routes[1].upstream,
+            UpstreamConfig {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 3000,
+                url: "ws://127.0.0.1:3000".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let c = ok(MINIMAL);
+        assert_eq!(c.admin, None);
+        assert!(c.auth.is_empty());
+        assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
+        assert_eq!(
+            c.timeouts,
+            TimeoutsConfig {
+                tls_handshake: Duration::from_secs(10),
+                request_header: Duration::from_secs(10),
+                upstream_connect: Duration::from_secs(5),
+                upstream_response: Duration::from_secs(30),
+            }
+        );
+        assert_eq!(c.limits.max_connections, 10_000);
+        assert!(c.limits.max_concurrent_hashes >= 1);
+    }
+
+    #[test]
+    fn display_formats() {
+        let e = ConfigErrors(vec![
+            ConfigError::new("a.b", "bad"),
+            ConfigError::new("", "file-level"),
+        ]);
+        assert_eq!(e.to_string(), "a.b: bad\nfile-level");
+    }
+
+    #[test]
+    fn yaml_syntax_error_is_one_error_with_position() {
+        let e = errs("listeners: [\n  - bind: x\nroutes: {");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("invalid YAML") && e[0].contains("line"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_do_not_quote_the_source() {
+        let e = errs("auth:\n  j:\n    secret: \"hunter2-very-secret\n");
+        assert!(!e[0].contains("hunter2"), "{e:?}");
+    }
+
+    #[test]
+    fn duplicate_yaml_keys_are_errors() {
+        let e = errs(&with("shutdown: {}\nshutdown: {}\n"));
+        assert!(
+            e[0].contains("duplicate") && !e[0].contains("DuplicateKeyPolicy"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn empty_document_and_wrong_root() {
+        assert!(errs("")[0].contains("empty"));
+        assert!(errs("# nothing\n")[0].contains("empty"));
+        assert!(errs("- a\n")[0].contains("expected a map"));
+    }
+
+    #[test]
+    fn all_errors_are_reported_at_once() {
+        let e = errs(
+            "listeners:\n  - bind: localhost:80\nroutes:\n  - path: ws\n    upstream: ftp://x\n    auth: [nope]\nextra: 1\n",
+        );
+        has(&e, "listeners[0].bind", "not an IP");
+        has(&e, "routes[0].path", "start with");
+        has(&e, "routes[0].upstream", "scheme");
+        has(&e, "routes[0].auth[0]", "unknown authenticator \"nope\"");
+        has(&e, "extra", "unknown key");
+        assert_eq!(e.len(), 5, "{e:?}");
+    }
+
+    #[test]
+    fn unknown_keys_list_the_expected_ones() {
+        let e = errs(
+            "listeners:\n  - bind: \"127.0.0.1:1\"\nroutes:\n  - path: /\n    upsteam: ws://h\n",
+        );
+        has(
+            &e,
+            "routes[0].upsteam",
+            "unknown key (expected one of: path, upstream, auth)",
+        );
+        has(&e, "routes[0].upstream", "required");
+        let e = errs(&with("admin: {bind: \"127.0.0.1:1\", port: 2}\n"));
+        has(&e, "admin.port", "unknown key");
+        let e = errs(&with("timeouts: {connect: 5s}\n"));
+        has(&e, "timeouts.connect", "unknown key");
+    }
+
+    #[test]
+    fn wrong_types_are_errors() {
+        let e = errs("listeners: \"127.0.0.1:80\"\nroutes: {path: /}\n");
+        has(&e, "listeners", "expected a list, got a string");
+        has(&e, "routes", "expected a list, got a map");
+        let e = errs(&with("shutdown: 5\n"));
+        has(&e, "shutdown", "expected a map");
+        let e = errs("listeners:\n  - bind: [1]\nroutes:\n  - path: 5\n    upstream: ws://h\n");
+        has(&e, "listeners[0].bind", "expected a string, got a list");
+        has(&e, "routes[0].path", "expected a string, got a number");
+    }
+
+    #[test]
+    fn required_sections() {
+        let e = errs("admin: {bind: \"127.0.0.1:1\"}\n");
+        has(&e, "listeners", "required");
+        has(&e, "routes", "required");
+        let e = errs("listeners: []\nroutes: []\n");
+        has(&e, "listeners", "at least one");
+        has(&e, "routes", "at least one");
+    }
+
+    #[test]
+    fn env_expansion_in_any_string() {
+        let c = ok(
+            "listeners:\n  - bind: \"127.0.0.1:${PORT}\"\nroutes:\n  - path: /a\n    upstream: ws://h:${PORT}\n",
+        );
+        assert_eq!(c.listeners[0].bind.port(), 9000);
+        assert_eq!(c.routes[0].upstream.port, 9000);
+        assert_eq!(c.routes[0].upstream.url, "ws://h:9000");
+    }
+
+    #[test]
+    fn env_unset_variable_names_it() {
+        let e = errs(&jwt(
+            "    algorithms: [HS256]\n    secret: \"${WSGATE_MISSING}\"\n",
+        ));
+        has(
+            &e,
+            "auth.j.secret",
+            "environment variable WSGATE_MISSING is not set",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+    }
+
+    #[test]
+    fn env_literal_and_malformed() {
+        let c = ok(&jwt(
+            "    algorithms: [HS256]\n    secret: \"a$${b} $ c\"\n",
+        ));
+        assert_eq!(jwt_config(&c).key, JwtKey::Secret("a${b} $ c".into()));
+        let e = errs(&jwt("    algorithms: [HS256]\n    secret: \"${OOPS\"\n"));
+        has(&e, "auth.j.secret", "unclosed");
+        let e = errs(&jwt("    algorithms: [HS256]\n    secret: \"${}\"\n"));
+        has(&e, "auth.j.secret", "empty");
+    }
+
+    #[test]
+    fn listener_bind_rules() {
+        let e = errs(
+            "listeners:\n  - bind: localhost:8080\n  - {}\nroutes:\n  - {path: /, upstream: ws://h}\n",
+        );
+        has(&e, "listeners[0].bind", "127.0.0.1:8080");
+        has(&e, "listeners[1].bind", "required");
+        let c = ok(
+            "listeners:\n  - bind: \"[::1]:8443\"\n  - bind: \"0.0.0.0:8443\"\nroutes:\n  - {path: /, upstream: ws://h}\n",
+        );
+        assert_eq!(c.listeners[0].bind, addr("[::1]:8443"));
+    }
+
+    #[test]
+    fn duplicate_binds_are_errors_but_port_zero_is_not() {
+        let e = errs(
+            "listeners:\n  - bind: \"0.0.0.0:80\"\n  - bind: \"127.0.0.1:80\"\n  - bind: \"0.0.0.0:80\"\nroutes:\n  - {path: /, upstream: ws://h}\n",
+        );
+        has(&e, "listeners[1].bind", "conflicts with listeners[0].bind");
+        has(&e, "listeners[2].bind", "conflicts with listeners[0].bind");
+        let c = ok(
+            "listeners:\n  - bind: \"127.0.0.1:0\"\n  - bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - {path: /, upstream: ws://h}\n",
+        );
+        assert_eq!(c.listeners.len(), 2);
+    }
+
+    #[test]
+    fn tls_needs_cert_and_key() {
+        let e = errs(
+            "listeners:\n  - bind: \"127.0.0.1:1\"\n    tls: {cert: a.crt}\n  - bind: \"127.0.0.1:2\"\n    tls: {key: \"\", extra: 1}\nroutes:\n  - {path: /, upstream: ws://h}\n",
+        );
+        has(&e, "listeners[0].tls.key", "required");
+        has(&e, "listeners[1].tls.cert", "required");
+        has(&e, "listeners[1].tls.key", "must not be empty");
+        has(&e, "listeners[1].tls.extra", "unknown key");
+    }
+
+    #[test]
+    fn admin_bind_must_differ_from_listeners() {
+        let e = errs(&with("admin:\n  bind: \"127.0.0.1:8080\"\n"));
+        has(&e, "admin.bind", "conflicts with listeners[0].bind");
+        let e = errs(&with("admin: {}\n"));
+        has(&e, "admin.bind", "required");
+        let e = errs(&with("admin:\n  bind: nope\n"));
+        has(&e, "admin.bind", "invalid address");
+    }
+
+    #[test]
+    fn auth_names_and_types() {
+        let e = errs(&with(
+            "auth:\n  \"bad name\": {type: basic, htpasswd: x}\n  t: {type: ldap}\n  n: {realm: x}\n  s: plain\n",
+        ));
+        has(&e, "auth.bad name", "invalid authenticator name");
+        has(
+            &e,
+            "auth.t.type",
+            "unknown authenticator type \"ldap\" (expected one of: basic, jwt)",
+        );
+        has(&e, "auth.n.type", "required");
+        has(&e, "auth.s", "expected a map");
+        let e = errs(&with("auth: [a]\n"));
+        has(&e, "auth", "expected a map");
+    }
+
+    #[test]
+    fn basic_rules() {
+        let c = ok(&with(
+            "auth:\n  u:\n    type: basic\n    htpasswd: ../h\n    realm: Staff only\n    cache_ttl: 0s\n",
+        ));
+        assert_eq!(
+            c.auth.get("u"),
+            Some(&AuthConfig::Basic(BasicConfig {
+                realm: "Staff only".into(),
+                htpasswd: PathBuf::from("/etc/wsgate/../h"),
+                cache_ttl: Duration::ZERO,
+            }))
+        );
+        let e = errs(&with(
+            "auth:\n  u:\n    type: basic\n    realm: 'a\"b'\n    cache_ttl: 60\n    secret: x\n",
+        ));
+        has(&e, "auth.u.htpasswd", "required");
+        has(&e, "auth.u.realm", "must not contain");
+        has(&e, "auth.u.cache_ttl", "\"60s\"");
+        has(
+            &e,
+            "auth.u.secret",
+            "unknown key (expected one of: type, realm, htpasswd, cache_ttl)",
+        );
+    }
+
+    #[test]
+    fn jwt_defaults_and_public_key() {
+        let c = ok(&jwt(
+            "    algorithms: [RS256, PS512]\n    public_key: keys/pub.pem\n    audience: [a, b]\n    leeway: 1m30s\n    max_token_bytes: 4096\n    query_param: access_token\n",
+        ));
+        let j = jwt_config(&c);
+        assert_eq!(j.algorithms, vec![Algorithm::RS256, Algorithm::PS512]);
+        assert_eq!(
+            j.key,
+            JwtKey::PublicKey(PathBuf::from("/etc/wsgate/keys/pub.pem"))
+        );
+        assert_eq!(j.audience, Some(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(j.leeway, Duration::from_secs(90));
+        assert_eq!(j.max_token_bytes, 4096);
+        assert_eq!(j.query_param, "access_token");
+        assert_eq!(j.issuer, None);
+        for (alg, expected) in [("ES384", Algorithm::ES384), ("EdDSA", Algorithm::EdDSA)] {
+            let c = ok(&jwt(&format!(
+                "    algorithms: {alg}\n    public_key: k.pem\n"
+            )));
+            assert_eq!(jwt_config(&c).algorithms, vec![expected]);
+        }
+    }
+
+    #[test]
+    fn jwt_algorithm_none_is_refused() {
+        for none in ["none", "None", "NONE"] {
+            let e = errs(&jwt(&format!(
+                "    algorithms: [HS256, {none}]\n    secret: x\n"
+            )));
+            has(
+                &e,
+                "auth.j.algorithms[1]",
+                "algorithm \"none\" is never accepted",
+            );
+        }
+    }
+
+    #[test]
+    fn jwt_algorithm_unknown_or_missing() {
+        let e = errs(&jwt("    algorithms: [HS999, hs256]\n    secret: x\n"));
+        has(&e, "auth.j.algorithms[0]", "valid: HS256, HS384");
+        has(&e, "auth.j.algorithms[1]", "did you mean \"HS256\"");
+        let e = errs(&jwt("    secret: x\n"));
+        has(&e, "auth.j.algorithms", "required");
+        let e = errs(&jwt("    algorithms: []\n    secret: x\n"));
+        has(&e, "auth.j.algorithms", "at least one");
+        let e = errs(&jwt("    algorithms: [HS256, HS256]\n    secret: x\n"));
+        has(&e, "auth.j.algorithms[1]", "listed twice");
+    }
+
+    #[test]
+    fn jwt_families_cannot_mix() {
+        let e = errs(&jwt("    algorithms: [HS256, RS256]\n    secret: x\n"));
+        has(&e, "auth.j.algorithms", "HS256 is HMAC, RS256 is RSA");
+        let e = errs(&jwt("    algorithms: [ES256, EdDSA]\n    public_key: k\n"));
+        has(&e, "auth.j.algorithms", "different key families");
+        ok(&jwt("    algorithms: [RS256, PS256]\n    public_key: k\n"));
+    }
+
+    #[test]
+    fn jwt_key_must_match_family() {
+        let e = errs(&jwt(
+            "    algorithms: [RS256]\n    secret: \"${WSGATE_JWT_SECRET}\"\n",
+        ));
+        has(&e, "auth.j.secret", "use public_key");
+        assert!(!e.iter().any(|m| m.contains("s3cr#t")), "{e:?}");
+        let e = errs(&jwt("    algorithms: [HS256]\n    public_key: k.pem\n"));
+        has(&e, "auth.j.public_key", "use secret");
+        let e = errs(&jwt(
+            "    algorithms: [HS256]\n    public_key: k.pem\n    secret: x\n",
+        ));
+        has(&e, "auth.j", "only one of secret or public_key");
+        let e = errs(&jwt("    algorithms: [HS256]\n"));
+        has(&e, "auth.j", "HS256 needs a shared secret");
+        let e = errs(&jwt("    algorithms: [ES256]\n"));
+        has(&e, "auth.j", "ES256 needs a public key");
+        let e = errs(&jwt("    algorithms: [HS256]\n    secret: \"${EMPTY}\"\n"));
+        has(&e, "auth.j.secret", "must not be empty");
+    }
+
+    #[test]
+    fn jwt_other_fields() {
+        let e = errs(&jwt(
+            "    algorithms: [HS256]\n    secret: x\n    query_param: \"a b\"\n    issuer: \"\"\n    audience: []\n    leeway: 30\n    max_token_bytes: 0\n    realm: x\n",
+        ));
+        has(&e, "auth.j.query_param", "may contain only");
+        has(&e, "auth.j.issuer", "must not be empty");
+        has(&e, "auth.j.audience", "empty list");
+        has(&e, "auth.j.leeway", "\"30s\"");
+        has(&e, "auth.j.max_token_bytes", "positive integer");
+        has(&e, "auth.j.realm", "unknown key");
+        let e = errs(&jwt(
+            "    algorithms: [HS256]\n    secret: x\n    audience: [ok, 5, \"\"]\n    query_param: \"\"\n",
+        ));
+        has(&e, "auth.j.audience[1]", "expected a string");
+        has(&e, "auth.j.audience[2]", "must not be empty");
+        has(&e, "auth.j.query_param", "must not be empty");
+    }
+
+    #[test]
+    fn route_path_rules() {
+        let e = errs(
+            "listeners:\n  - bind: \"127.0.0.1:1\"\nroutes:\n  - {path: /a/, upstream: ws://h}\n  - {path: \"/a?b\", upstream: ws://h}\n  - {path: /a/../b, upstream: ws://h}\n  - {path: /x, upstream: ws://h}\n  - {path: /x, upstream: ws://h}\n",
+        );
+        has(&e, "routes[0].path", "must not end with \"/\"");
+        has(&e, "routes[1].path", "\"?\"");
+        has(&e, "routes[2].path", "segments");
+        has(&e, "routes[4].path", "already used by routes[3].path");
+        assert_eq!(e.len(), 4, "{e:?}");
+    }
+
+    #[test]
+    fn route_upstream_rules() {
+        let c = ok(
+            "listeners:\n  - bind: \"127.0.0.1:1\"\nroutes:\n  - {path: /a, upstream: \"wss://[::1]\"}\n  - {path: /b, upstream: \"https://example.com:8443/\"}\n",
+        );
+        assert_eq!(c.routes[0].upstream.host, "::1");
+        assert_eq!(c.routes[0].upstream.port, 443);
+        assert!(c.routes[1].upstream.tls);
+        assert_eq!(c.routes[1].upstream.url, "https://example.com:8443/");
+        let e = errs(
+            "listeners:\n  - bind: \"127.0.0.1:1\"\nroutes:\n  - {path: /a, upstream: ws://h/chat}\n  - {path: /b, upstream: \"ws://u:hunter2@h\"}\n",
+        );
+        has(
+            &e,
+            "routes[0].upstream",
+            "a path on the upstream URL is not supported: requests keep their own path",
+        );
+        has(&e, "routes[1].upstream", "credentials");
+        assert!(!e.iter().any(|m| m.contains("hunter2")));
+    }
+
+    #[test]
+    fn route_auth_rules() {
+        let base = "auth:\n  users: {type: basic, htpasswd: h}\n  jwt: {type: jwt, algorithms: [HS256], secret: s}\nlisteners:\n  - bind: \"127.0.0.1:1\"\nroutes:\n";
+        let c = ok(&format!(
+            "{base}  - {{path: /a, upstream: ws://h, auth: users}}\n  - {{path: /b, upstream: ws://h, auth: []}}\n"
+        ));
+        assert_eq!(c.routes[0].auth, vec!["users".to_string()]);
+        assert!(c.routes[1].auth.is_empty());
+        let e = errs(&format!(
+            "{base}  - {{path: /a, upstream: ws://h}}\n  - {{path: /b, upstream: ws://h, auth: [userz, jwt, jwt]}}\n  - {{path: /c, upstream: ws://h, auth: {{a: 1}}}}\n"
+        ));
+        has(
+            &e,
+            "routes[1].auth[0]",
+            "unknown authenticator \"userz\" (defined: jwt, users)",
+        );
+        has(&e, "routes[1].auth[2]", "listed twice");
+        has(
+            &e,
+            "routes[2].auth",
+            "expected a list of authenticator names",
+        );
+        let e = errs(
+            "listeners:\n  - bind: \"127.0.0.1:1\"\nroutes:\n  - {path: /a, upstream: ws://h, auth: x}\n",
+        );
+        has(&e, "routes[0].auth", "no authenticators are defined");
+    }
+
+    #[test]
+    fn broken_authenticator_is_not_also_unknown_to_routes() {
+        let e = errs(
+            "auth:\n  users: {type: basic}\nlisteners:\n  - bind: \"127.0.0.1:1\"\nroutes:\n  - {path: /a, upstream: ws://h, auth: [users]}\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        has(&e, "auth.users.htpasswd", "required");
+    }
+
+    #[test]
+    fn durations_in_sections() {
+        let c = ok(&with(
+            "shutdown: {drain_timeout: 0s}\ntimeouts: {tls_handshake: 500ms, upstream_response: 1h}\n",
+        ));
+        assert_eq!(c.shutdown.drain_timeout, Duration::ZERO);
+        assert_eq!(c.timeouts.tls_handshake, Duration::from_millis(500));
+        assert_eq!(c.timeouts.request_header, Duration::from_secs(10));
+        assert_eq!(c.timeouts.upstream_response, Duration::from_secs(3600));
+        let e = errs(&with(
+            "shutdown: {drain_timeout: 30}\ntimeouts: {upstream_connect: 0s, request_header: soon}\n",
+        ));
+        has(
+            &e,
+            "shutdown.drain_timeout",
+            "a bare number is not a duration: add a unit, e.g. \"30s\"",
+        );
+        has(&e, "timeouts.upstream_connect", "greater than 0s");
+        has(&e, "timeouts.request_header", "invalid duration");
+    }
+
+    #[test]
+    fn limits_rules() {
+        let c = ok(&with(
+            "limits: {max_connections: 5, max_concurrent_hashes: 2}\n",
+        ));
+        assert_eq!(
+            c.limits,
+            LimitsConfig {
+                max_connections: 5,
+                max_concurrent_hashes: 2
+            }
+        );
+        let e = errs(&with(
+            "limits: {max_connections: 0, max_concurrent_hashes: \"4\"}\n",
+        ));
+        has(&e, "limits.max_connections", "positive integer");
+        has(&e, "limits.max_concurrent_hashes", "without quotes");
+        let e = errs(&with(
+            "limits: {max_connections: -1, max_concurrent_hashes: 1.5}\n",
+        ));
+        has(&e, "limits.max_connections", "positive integer");
+        has(&e, "limits.max_concurrent_hashes", "positive integer");
+    }
+
+    #[test]
+    fn null_sections_mean_defaults() {
+        let c = ok(&with("admin:\nauth:\nshutdown:\ntimeouts:\nlimits:\n"));
+        assert_eq!(c.admin, None);
+        assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn load_reads_file_and_resolves_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gate.yaml");
+        std::fs::write(
+            &file,
+            "listeners:\n  - bind: \"127.0.0.1:1\"\n    tls: {cert: c.pem, key: k.pem}\nroutes:\n  - {path: /, upstream: ws://h}\n",
+        )
+        .unwrap();
+        let c = load(&file).unwrap();
+        assert_eq!(c.source, file);
+        let tls = c.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(tls.cert, dir.path().join("c.pem"));
+        let e = load(&dir.path().join("missing.yaml")).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert!(e.to_string().contains("missing.yaml"), "{e}");
+    }
+
+    #[test]
+    fn never_panics_on_odd_input() {
+        let inputs = [
+            "listeners: [~, 1, \"x\", [], {bind: {}}]\nroutes: [~, {path: ~, upstream: ~, auth: ~}]\n",
+            "auth: {j: {type: jwt, algorithms: [~, 1, {}], secret: [], public_key: {}}}\n",
+            "auth: {j: {type: [jwt]}}\nlisteners: {}\n",
+            "? [a]\n: b\n",
+            "a: &x [*x]\n",
+            "listeners:\n  - bind: \"999.1.1.1:80\"\nroutes:\n  - {path: \"/\\u0000\", upstream: \"ws://[\"}\n",
+            "timeouts: {tls_handshake: 99999999999999999999h}\n",
+            "limits: {max_connections: 99999999999999999999999}\n",
+        ];
+        for input in inputs {
+            let _ = parse(input);
+        }
+        // Deep nesting must be refused by the parser's depth budget, not overflow the stack.
+        let deep = format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(errs(&deep).len(), 1);
+    }
+}

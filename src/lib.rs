@@ -1,0 +1,250 @@
+//! wsgate: an authenticated WebSocket gateway.
+//!
+//! ```text
+//!  listener ──► tls ──► proxy::conn ──► proxy::handler ──► route ──► auth ──► upstream ──► splice
+//!  (accept,     (rustls,   (hyper h1,       (request phases;    (prefix   (basic,   (connect,     (bytes both
+//!   permits)     timeout)   upgrades,        refusals via        match)    jwt)      forward,      ways, drain-
+//!                           drain)           proxy::response)                        101 check)    aware)
+//!  side channels: metrics (handles), admin (/metrics /healthz /readyz), tracing logs
+//!  leaves: config (YAML → typed), runtime (typed → loaded state, swapped on reload)
+//! ```
+//!
+//! [`Gateway::bind`] builds everything and binds the sockets; [`Gateway::run`] serves until
+//! the given shutdown future completes, then drains.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod runtime;
+pub mod splice;
+pub mod tls;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::listener::BoundListener;
+use crate::metrics::Metrics;
+use crate::proxy::Shared;
+use crate::runtime::Runtime;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration (or a file it names) is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// A socket could not be bound.
+    #[error("{0}")]
+    Bind(std::io::Error),
+    /// Metrics could not be registered (a bug).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Validates a config the way start-up does (files included) without binding anything.
+pub fn check(config: Config) -> Result<(), ConfigErrors> {
+    let metrics = Metrics::new().map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("metrics: {e}"),
+        }])
+    })?;
+    runtime::build(config, &metrics).map(|_| ())
+}
+
+/// A gateway with its sockets bound, ready to [`run`](Gateway::run).
+pub struct Gateway {
+    state: Arc<ArcSwap<Runtime>>,
+    shared: Arc<Shared>,
+    listeners: Vec<BoundListener>,
+    admin: Option<TcpListener>,
+    limit: Arc<Semaphore>,
+}
+
+/// Swaps in a new configuration while the gateway runs (SIGHUP, tests).
+#[derive(Clone)]
+pub struct Reloader {
+    state: Arc<ArcSwap<Runtime>>,
+    metrics: Metrics,
+    upstream_tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Gateway {
+    /// Loads every file, builds the runtime state and binds every listener.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        Self::bind_with(config, None).await
+    }
+
+    /// Like [`bind`](Gateway::bind), with a fixed client TLS config for `wss://` upstreams.
+    pub async fn bind_with(
+        config: Config,
+        upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, StartError> {
+        let metrics = Metrics::new()?;
+        let runtime = runtime::build_with(config, &metrics, upstream_tls)?;
+        let mut listeners = Vec::new();
+        for (index, l) in runtime.config.listeners.iter().enumerate() {
+            let tcp = listener::bind(l.bind).await.map_err(StartError::Bind)?;
+            listeners.push(BoundListener { index, tcp });
+        }
+        let admin = match &runtime.config.admin {
+            Some(a) => Some(listener::bind(a.bind).await.map_err(StartError::Bind)?),
+            None => None,
+        };
+        let limit = Arc::new(Semaphore::new(runtime.config.limits.max_connections));
+        let shared = Arc::new(Shared {
+            metrics,
+            tracker: TaskTracker::new(),
+            draining: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+        });
+        Ok(Gateway {
+            state: Arc::new(ArcSwap::from_pointee(runtime)),
+            shared,
+            listeners,
+            admin,
+            limit,
+        })
+    }
+
+    /// The bound address of each listener, in config order (useful with port 0).
+    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.tcp.local_addr().ok())
+            .collect()
+    }
+
+    /// The bound admin address, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The metrics handle (for embedding and tests).
+    pub fn metrics(&self) -> Metrics {
+        self.shared.metrics.clone()
+    }
+
+    /// A handle that swaps in new configurations.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            state: self.state.clone(),
+            metrics: self.shared.metrics.clone(),
+            upstream_tls: self.state.load().upstream_tls.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` completes, then drains: stop accepting, `/readyz` 503,
+    /// wait for open connections up to `shutdown.drain_timeout`, close the rest.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let admin_stop = CancellationToken::new();
+        let mut loops = Vec::new();
+        for l in self.listeners {
+            loops.push(tokio::spawn(listener::accept_loop(
+                l,
+                self.state.clone(),
+                self.shared.clone(),
+                self.limit.clone(),
+            )));
+        }
+        let admin_task = self
+            .admin
+            .map(|a| tokio::spawn(admin::serve(a, self.shared.clone(), admin_stop.clone())));
+
+        shutdown.await;
+        let drain = self.state.load().config.shutdown.drain_timeout;
+        let open = self.shared.tracker.len();
+        tracing::info!(open_connections = open, drain_timeout = ?drain, "draining");
+        self.shared.draining.cancel();
+        for l in loops {
+            let _ = l.await;
+        }
+        self.shared.tracker.close();
+        if tokio::time::timeout(drain, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                open_connections = self.shared.tracker.len(),
+                "drain deadline reached, closing the remaining connections"
+            );
+            self.shared.hard_stop.cancel();
+            // Tunnels stop at once on hard_stop; bound the wait in case a peer stalls
+            // our final writes.
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.tracker.wait()).await;
+        }
+        admin_stop.cancel();
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Why a reload was refused (the old configuration stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new configuration is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// Listener or admin addresses changed: that needs a restart.
+    #[error("{0}")]
+    NeedsRestart(String),
+}
+
+impl Reloader {
+    /// Validates and swaps in `config`; open connections keep the state they started with.
+    pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let result = self.try_reload(config);
+        self.metrics.reload(result.is_ok());
+        result
+    }
+
+    /// Re-reads the config file at `path` (and every file it names) and swaps it in.
+    pub fn reload_from(&self, path: &std::path::Path) -> Result<(), ReloadError> {
+        let result = config::load(path)
+            .map_err(ReloadError::from)
+            .and_then(|c| self.try_reload(c));
+        self.metrics.reload(result.is_ok());
+        result
+    }
+
+    fn try_reload(&self, config: Config) -> Result<(), ReloadError> {
+        let current = self.state.load();
+        let old = &current.config;
+        let same_listeners = old.listeners.len() == config.listeners.len()
+            && old
+                .listeners
+                .iter()
+                .zip(&config.listeners)
+                .all(|(a, b)| a.bind == b.bind && a.tls.is_some() == b.tls.is_some());
+        if !same_listeners {
+            return Err(ReloadError::NeedsRestart(
+                "listeners changed (bind addresses or plain/TLS): restart wsgate to apply".into(),
+            ));
+        }
+        if old.admin != config.admin {
+            return Err(ReloadError::NeedsRestart(
+                "admin.bind changed: restart wsgate to apply".into(),
+            ));
+        }
+        let runtime = runtime::build_with(config, &self.metrics, self.upstream_tls.clone())?;
+        self.state.store(Arc::new(runtime));
+        Ok(())
+    }
+}

@@ -1,0 +1,221 @@
+//! The `wsgate` command: CLI, logging, config loading, signals; everything else is the library.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use wsgate::config;
+
+/// Exit code for a bad configuration (EX_USAGE in sysexits.h).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "wsgate",
+    version,
+    about = "Authenticated WebSocket gateway: TLS, auth on the upgrade, splice, metrics"
+)]
+struct Cli {
+    /// Config file [default: $WSGATE_CONFIG, else config.yaml]
+    #[arg(
+        long,
+        global = true,
+        env = "WSGATE_CONFIG",
+        default_value = "config.yaml"
+    )]
+    config: PathBuf,
+    /// Log format on stderr (level from RUST_LOG, default info)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and the files it names, without binding any port
+    Check,
+    /// Read a password from stdin and print an htpasswd line (bcrypt, or argon2id)
+    HashPassword {
+        /// User name for the htpasswd line (omit to print only the hash)
+        user: Option<String>,
+        /// Use argon2id instead of bcrypt
+        #[arg(long)]
+        argon2: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Some(Command::Check) => check(&cli.config),
+        Some(Command::HashPassword { user, argon2 }) => hash_password(user, argon2),
+        None => serve(&cli.config),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<config::Config, config::ConfigErrors> {
+    config::load(path)
+}
+
+fn print_errors(errors: &config::ConfigErrors) {
+    let mut err = std::io::stderr().lock();
+    for e in &errors.0 {
+        let _ = writeln!(err, "{e}");
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let result = load(path).and_then(wsgate::check);
+    match result {
+        Ok(()) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            // One line per problem on stdout too, so `wsgate check | grep` works.
+            for e in &errors.0 {
+                println!("{e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hash_password(user: Option<String>, argon2: bool) -> ExitCode {
+    if let Some(u) = &user
+        && (u.is_empty() || u.contains(':') || u.chars().any(char::is_control))
+    {
+        eprintln!("wsgate: user name must be non-empty, without ':' or control characters");
+        return ExitCode::from(2);
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+        eprintln!("wsgate: cannot read the password from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line
+        .strip_suffix('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .unwrap_or(&line);
+    if password.is_empty() {
+        eprintln!("wsgate: empty password refused");
+        return ExitCode::from(2);
+    }
+    match wsgate::auth::hash_password(password, argon2) {
+        Ok(hash) => {
+            match user {
+                Some(u) => println!("{u}:{hash}"),
+                None => println!("{hash}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wsgate: hashing failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            print_errors(&errors);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wsgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let gateway = match wsgate::Gateway::bind(config).await {
+            Ok(g) => g,
+            Err(wsgate::StartError::Config(errors)) => {
+                print_errors(&errors);
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for addr in gateway.listener_addrs() {
+            tracing::info!(%addr, "listening");
+        }
+        if let Some(addr) = gateway.admin_addr() {
+            tracing::info!(%addr, "admin listening");
+        }
+        let reloader = gateway.reloader();
+        let reload_path = path.to_path_buf();
+        tokio::spawn(async move { reload_on_sighup(reloader, reload_path).await });
+        gateway.run(shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn reload_on_sighup(reloader: wsgate::Reloader, path: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reloads are off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let r = reloader.clone();
+        let p = path.clone();
+        // Reading and parsing files is blocking work: keep it off the async workers.
+        let result = tokio::task::spawn_blocking(move || r.reload_from(&p))
+            .await
+            .unwrap_or_else(|e| Err(wsgate::ReloadError::NeedsRestart(e.to_string())));
+        match result {
+            Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    tracing::error!(config = %path.display(), "reload refused, old configuration stays: {line}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Prometheus metrics: every name is a constant here, every handle is typed.
+//!
+//! The hot path never looks a label up: a route's handles are resolved once when the
+//! route is built ([`RouteMetrics`]) and reused by every connection on it.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Open spliced WebSocket connections ("online"), per route.
+pub const CONNECTIONS_ACTIVE: &str = "wsgate_connections_active";
+/// Upgrades completed, per route.
+pub const CONNECTIONS_TOTAL: &str = "wsgate_connections_total";
+/// Upgrade handshakes by outcome, per route.
+pub const HANDSHAKES_TOTAL: &str = "wsgate_handshakes_total";
+/// Authentication failures by reason, per route.
+pub const AUTH_FAILURES_TOTAL: &str = "wsgate_auth_failures_total";
+/// Bytes spliced, per route and direction.
+pub const BYTES_TOTAL: &str = "wsgate_bytes_total";
+/// Request received → 101 sent.
+pub const HANDSHAKE_DURATION: &str = "wsgate_handshake_duration_seconds";
+/// 101 sent → closed.
+pub const CONNECTION_DURATION: &str = "wsgate_connection_duration_seconds";
+/// Config reloads by result (`ok`, `error`).
+pub const CONFIG_RELOADS_TOTAL: &str = "wsgate_config_reloads_total";
+
+/// The `route` label used when no route matched.
+pub const NO_ROUTE: &str = "unmatched";
+
+/// Handshake outcome label values (the contract's list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 101 relayed to the client.
+    Upgraded,
+    /// Missing or bad credentials.
+    Unauthorized,
+    /// Refused by policy (e.g. origin).
+    Forbidden,
+    /// No route matched.
+    NotFound,
+    /// Upstream unreachable or broken.
+    UpstreamError,
+    /// Upstream answered the upgrade with a non-101 status.
+    UpstreamRejected,
+    /// Malformed request.
+    BadRequest,
+    /// A timeout expired (upstream too slow, client too slow).
+    Timeout,
+    /// A limit refused the request.
+    Limited,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Upgraded => "upgraded",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::Forbidden => "forbidden",
+            Outcome::NotFound => "not_found",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::UpstreamRejected => "upstream_rejected",
+            Outcome::BadRequest => "bad_request",
+            Outcome::Timeout => "timeout",
+            Outcome::Limited => "limited",
+        }
+    }
+}
+
+/// Shared handle to every metric; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    connections_active: IntGaugeVec,
+    connections_total: IntCounterVec,
+    handshakes_total: IntCounterVec,
+    auth_failures_total: IntCounterVec,
+    bytes_total: IntCounterVec,
+    handshake_duration: HistogramVec,
+    connection_duration: HistogramVec,
+    config_reloads_total: IntCounterVec,
+}
+
+/// A route's pre-resolved handles, so a connection never hashes label values.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    /// The route label value.
+    pub route: String,
+    /// `wsgate_connections_active{route}`.
+    pub active: IntGauge,
+    /// `wsgate_connections_total{route}`.
+    pub total: IntCounter,
+    /// `wsgate_bytes_total{route,direction="client_to_upstream"}`.
+    pub bytes_c2u: IntCounter,
+    /// `wsgate_bytes_total{route,direction="upstream_to_client"}`.
+    pub bytes_u2c: IntCounter,
+    /// `wsgate_handshake_duration_seconds{route}`.
+    pub handshake_duration: prometheus::Histogram,
+    /// `wsgate_connection_duration_seconds{route}`.
+    pub connection_duration: prometheus::Histogram,
+    metrics: Metrics,
+}
+
+/// Errors registering metrics (only possible through a programming error).
+pub type MetricsError = prometheus::Error;
+
+impl Metrics {
+    /// Creates and registers every metric, plus the standard `process_*` collector.
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let connections_active = IntGaugeVec::new(
+            Opts::new(
+                CONNECTIONS_ACTIVE,
+                "Open spliced WebSocket connections (online clients).",
+            ),
+            &["route"],
+        )?;
+        let connections_total = IntCounterVec::new(
+            Opts::new(CONNECTIONS_TOTAL, "WebSocket upgrades completed."),
+            &["route"],
+        )?;
+        let handshakes_total = IntCounterVec::new(
+            Opts::new(HANDSHAKES_TOTAL, "Upgrade handshakes by outcome."),
+            &["route", "outcome"],
+        )?;
+        let auth_failures_total = IntCounterVec::new(
+            Opts::new(AUTH_FAILURES_TOTAL, "Authentication failures by reason."),
+            &["route", "reason"],
+        )?;
+        let bytes_total = IntCounterVec::new(
+            Opts::new(BYTES_TOTAL, "Bytes spliced between client and upstream."),
+            &["route", "direction"],
+        )?;
+        let handshake_duration = HistogramVec::new(
+            HistogramOpts::new(
+                HANDSHAKE_DURATION,
+                "Time from request received to 101 sent.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route"],
+        )?;
+        let connection_duration = HistogramVec::new(
+            HistogramOpts::new(CONNECTION_DURATION, "Time from 101 sent to close.").buckets(vec![
+                0.1, 1.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 86400.0,
+            ]),
+            &["route"],
+        )?;
+        let config_reloads_total = IntCounterVec::new(
+            Opts::new(CONFIG_RELOADS_TOTAL, "Configuration reloads by result."),
+            &["result"],
+        )?;
+        registry.register(Box::new(connections_active.clone()))?;
+        registry.register(Box::new(connections_total.clone()))?;
+        registry.register(Box::new(handshakes_total.clone()))?;
+        registry.register(Box::new(auth_failures_total.clone()))?;
+        registry.register(Box::new(bytes_total.clone()))?;
+        registry.register(Box::new(handshake_duration.clone()))?;
+        registry.register(Box::new(connection_duration.clone()))?;
+        registry.register(Box::new(config_reloads_total.clone()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        for result in ["ok", "error"] {
+            config_reloads_total.with_label_values(&[result]);
+        }
+        Ok(Metrics {
+            registry,
+            connections_active,
+            connections_total,
+            handshakes_total,
+            auth_failures_total,
+            bytes_total,
+            handshake_duration,
+            connection_duration,
+            config_reloads_total,
+        })
+    }
+
+    /// Resolves (and so exports at zero) a route's series.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.to_owned(),
+            active: self.connections_active.with_label_values(&[route]),
+            total: self.connections_total.with_label_values(&[route]),
+            bytes_c2u: self
+                .bytes_total
+                .with_label_values(&[route, "client_to_upstream"]),
+            bytes_u2c: self
+                .bytes_total
+                .with_label_values(&[route, "upstream_to_client"]),
+            handshake_duration: self.handshake_duration.with_label_values(&[route]),
+            connection_duration: self.connection_duration.with_label_values(&[route]),
+            metrics: self.clone(),
+        }
+    }
+
+    /// Counts a handshake outcome for a route label (or [`NO_ROUTE`]).
+    pub fn handshake(&self, route: &str, outcome: Outcome) {
+        self.handshakes_total
+            .with_label_values(&[route, outcome.as_str()])
+            .inc();
+    }
+
+    /// Counts a configuration reload.
+    pub fn reload(&self, ok: bool) {
+        self.config_reloads_total
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        // Encoding into a Vec cannot fail on I/O; a failure would mean an invalid metric,
+        // which we'd rather expose partially than panic on.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+impl RouteMetrics {
+    /// Counts a handshake outcome on this route.
+    pub fn handshake(&self, outcome: Outcome) {
+        self.metrics.handshake(&self.route, outcome);
+    }
+
+    /// Counts an authentication failure reason on this route.
+    pub fn auth_failure(&self, reason: &str) {
+        self.metrics
+            .auth_failures_total
+            .with_label_values(&[self.route.as_str(), reason])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_series_exist_at_zero() {
+        let m = Metrics::new().unwrap();
+        let r = m.route("/ws");
+        r.handshake(Outcome::Upgraded);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("wsgate_connections_active{route=\"/ws\"} 0"));
+        assert!(text.contains("wsgate_handshakes_total{outcome=\"upgraded\",route=\"/ws\"} 1"));
+        assert!(
+            text.contains("wsgate_bytes_total{direction=\"client_to_upstream\",route=\"/ws\"} 0")
+        );
+    }
+}

@@ -1,0 +1,524 @@
+//! One request: route → auth → upstream → (on 101) hand both sides to the splice.
+//!
+//! Holds no sockets of its own: it gets a request and returns a response; the upstream
+//! leg and the tunnel are started from here but live in `upstream` and `splice`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::auth::{Admission, AuthFailure, Consumed};
+use crate::metrics::{NO_ROUTE, Outcome};
+use crate::proxy::Shared;
+use crate::proxy::response::{ProxyBody, Refusal, full};
+use crate::runtime::{Route, Runtime};
+use crate::splice::{self, Ended};
+
+/// `X-Auth-User`: the authenticated identity, set by wsgate only.
+pub const X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What the handler knows about the client connection.
+#[derive(Debug, Clone)]
+pub struct ClientConn {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the client connected over TLS (`X-Forwarded-Proto`).
+    pub tls: bool,
+}
+
+/// Serves requests of one client connection against one runtime snapshot.
+#[derive(Clone)]
+pub struct Handler {
+    runtime: Arc<Runtime>,
+    client: Arc<ClientConn>,
+    shared: Arc<Shared>,
+    // Moved into the tunnel on upgrade, so the connection limit counts open tunnels.
+    permit: Option<Arc<OwnedSemaphorePermit>>,
+}
+
+impl Handler {
+    /// A handler for one accepted connection.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        client: ClientConn,
+        shared: Arc<Shared>,
+        permit: Option<Arc<OwnedSemaphorePermit>>,
+    ) -> Self {
+        Handler {
+            runtime,
+            client: Arc::new(client),
+            shared,
+            permit,
+        }
+    }
+
+    /// Handles one request; never fails (errors become responses).
+    pub async fn handle(
+        self,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+        let started = Instant::now();
+        let upgrade = is_websocket_upgrade(&req);
+        let (route_label, result) = self.route_and_forward(req, upgrade, started).await;
+        Ok(match result {
+            Ok(resp) => resp,
+            Err(refusal) => {
+                if upgrade {
+                    self.shared
+                        .metrics
+                        .handshake(&route_label, refusal.outcome());
+                }
+                tracing::info!(
+                    route = %route_label,
+                    client = %self.client.peer.ip(),
+                    status = refusal.status().as_u16(),
+                    outcome = refusal.outcome().as_str(),
+                    upgrade,
+                    "request refused"
+                );
+                refusal.into_response()
+            }
+        })
+    }
+
+    async fn route_and_forward(
+        &self,
+        mut req: Request<Incoming>,
+        upgrade: bool,
+        started: Instant,
+    ) -> (String, Result<Response<ProxyBody>, Refusal>) {
+        if !crate::route::is_acceptable_path(req.uri().path()) {
+            return (
+                NO_ROUTE.to_owned(),
+                Err(Refusal::BadRequest("path with empty or dot segments")),
+            );
+        }
+        let Some(route) = self.runtime.router.find(req.uri().path()).cloned() else {
+            return (NO_ROUTE.to_owned(), Err(Refusal::NotFound));
+        };
+        let label = route.path.clone();
+        if upgrade && let Err(refusal) = check_websocket_request(&req) {
+            return (label, Err(refusal));
+        }
+        let admission = if route.auth.is_open() {
+            None
+        } else {
+            match route.auth.check(req.headers(), req.uri().query()).await {
+                Ok(a) => Some(a),
+                Err(AuthFailure::Busy) => return (label, Err(Refusal::Busy)),
+                Err(failure) => {
+                    route.metrics.auth_failure(failure.reason());
+                    return (
+                        label,
+                        Err(Refusal::Unauthorized {
+                            challenge: route.auth.challenge(),
+                        }),
+                    );
+                }
+            }
+        };
+        let result = if upgrade {
+            let client_upgrade = hyper::upgrade::on(&mut req);
+            self.forward_upgrade(req, client_upgrade, &route, admission, started)
+                .await
+        } else {
+            self.forward_http(req, &route, admission.as_ref()).await
+        };
+        (label, result)
+    }
+
+    async fn forward_upgrade(
+        &self,
+        req: Request<Incoming>,
+        client_upgrade: hyper::upgrade::OnUpgrade,
+        route: &Arc<Route>,
+        admission: Option<Admission>,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, Refusal> {
+        let (parts, _body) = req.into_parts();
+        let up_req = self.upstream_request(
+            &parts,
+            admission.as_ref(),
+            true,
+            http_body_util::Empty::<bytes::Bytes>::new(),
+        )?;
+        let mut resp = self.exchange(route, up_req).await?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            route.metrics.handshake(Outcome::UpstreamRejected);
+            tracing::info!(
+                route = %route.path,
+                client = %self.client.peer.ip(),
+                status = resp.status().as_u16(),
+                "upstream refused the upgrade"
+            );
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(Response::from_parts(parts, body.boxed_unsync()));
+        }
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let (parts, _) = resp.into_parts();
+        // The upstream's 101 goes back as is: Sec-WebSocket-Accept/Protocol/Extensions
+        // must match what the upstream will speak.
+        let mut client_resp = Response::new(full(bytes::Bytes::new()));
+        *client_resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *client_resp.headers_mut() = parts.headers;
+
+        route.metrics.handshake(Outcome::Upgraded);
+        route.metrics.total.inc();
+        route
+            .metrics
+            .handshake_duration
+            .observe(started.elapsed().as_secs_f64());
+
+        let route = route.clone();
+        let client = self.client.clone();
+        let stop = self.shared.hard_stop.clone();
+        let permit = self.permit.clone();
+        let user = admission.map(|a| a.identity.user);
+        self.shared.tracker.spawn(async move {
+            let _permit = permit;
+            let (c, u) = match tokio::join!(client_upgrade, upstream_upgrade) {
+                (Ok(c), Ok(u)) => (c, u),
+                (c, u) => {
+                    tracing::debug!(
+                        client_ok = c.is_ok(),
+                        upstream_ok = u.is_ok(),
+                        "upgrade did not complete"
+                    );
+                    return;
+                }
+            };
+            let opened = Instant::now();
+            let report =
+                splice::splice(TokioIo::new(c), TokioIo::new(u), &route.metrics, stop).await;
+            tracing::info!(
+                route = %route.path,
+                client = %client.peer.ip(),
+                user = user.as_deref().unwrap_or("-"),
+                duration_ms = opened.elapsed().as_millis() as u64,
+                bytes_in = report.client_to_upstream,
+                bytes_out = report.upstream_to_client,
+                ended = match report.ended {
+                    Ended::Closed => "closed",
+                    Ended::Error => "error",
+                    Ended::Shutdown => "shutdown",
+                },
+                "tunnel closed"
+            );
+        });
+        Ok(client_resp)
+    }
+
+    async fn forward_http(
+        &self,
+        req: Request<Incoming>,
+        route: &Arc<Route>,
+        admission: Option<&Admission>,
+    ) -> Result<Response<ProxyBody>, Refusal> {
+        let (parts, body) = req.into_parts();
+        let up_req = self.upstream_request(&parts, admission, false, body)?;
+        let resp = self.exchange(route, up_req).await?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // We did not ask for an upgrade; relaying one would leave a half-open tunnel.
+            return Err(Refusal::BadGateway);
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.boxed_unsync()))
+    }
+
+    async fn exchange<B>(
+        &self,
+        route: &Route,
+        req: Request<B>,
+    ) -> Result<Response<Incoming>, Refusal>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let timeouts = &self.runtime.config.timeouts;
+        let result = async {
+            let stream = crate::upstream::connect(
+                &route.upstream,
+                self.runtime.upstream_tls.as_ref(),
+                timeouts.upstream_connect,
+            )
+            .await?;
+            crate::upstream::send(
+                stream,
+                &route.upstream_addr,
+                req,
+                timeouts.upstream_response,
+            )
+            .await
+        }
+        .await;
+        result.map_err(|e| {
+            tracing::warn!(route = %route.path, upstream = %route.upstream_addr, error = %e, "upstream failed");
+            Refusal::from(&e)
+        })
+    }
+
+    /// The request as the upstream sees it: credential removed, forwarding headers added.
+    fn upstream_request<B>(
+        &self,
+        parts: &http::request::Parts,
+        admission: Option<&Admission>,
+        upgrade: bool,
+        body: B,
+    ) -> Result<Request<B>, Refusal> {
+        let mut query = parts.uri.query().map(str::to_owned);
+        let mut headers = parts.headers.clone();
+        let upgrade_value = headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut headers);
+        headers.remove(X_AUTH_USER);
+        if let Some(a) = admission {
+            match &a.consumed {
+                Consumed::AuthorizationHeader => {
+                    headers.remove(header::AUTHORIZATION);
+                }
+                Consumed::QueryParam(name) => {
+                    query = query.and_then(|q| crate::auth::strip_query_param(&q, name));
+                }
+            }
+            let user = HeaderValue::from_str(&a.identity.user)
+                .map_err(|_| Refusal::BadRequest("identity not representable in a header"))?;
+            headers.insert(X_AUTH_USER, user);
+        }
+        let peer_ip = self.client.peer.ip().to_string();
+        let xff = match joined(&headers, &X_FORWARDED_FOR) {
+            Some(prev) => format!("{prev}, {peer_ip}"),
+            None => peer_ip.clone(),
+        };
+        set(&mut headers, X_FORWARDED_FOR, &xff)?;
+        set(&mut headers, X_REAL_IP, &peer_ip)?;
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if self.client.tls { "https" } else { "http" }),
+        );
+        let host = headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        if let Some(host) = host {
+            if !headers.contains_key(header::HOST) {
+                headers.insert(header::HOST, host.clone());
+            }
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        if upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            headers.insert(
+                header::UPGRADE,
+                upgrade_value.unwrap_or(HeaderValue::from_static("websocket")),
+            );
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let path_and_query = match query {
+            Some(q) => format!("{}?{}", parts.uri.path(), q),
+            None => parts.uri.path().to_owned(),
+        };
+        let uri: Uri = path_and_query
+            .parse()
+            .map_err(|_| Refusal::BadRequest("unparsable request target"))?;
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) -> Result<(), Refusal> {
+    let v = HeaderValue::from_str(value)
+        .map_err(|_| Refusal::BadRequest("invalid forwarding header"))?;
+    headers.insert(name, v);
+    Ok(())
+}
+
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named by `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        // Never let a client make us drop the credential-carrying or identity headers
+        // silently; those are handled explicitly.
+        if name != header::AUTHORIZATION {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether the request asks for a WebSocket upgrade (HTTP/1.1 `GET` with the headers).
+pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET
+        && has_token(req.headers(), &header::CONNECTION, "upgrade")
+        && has_token(req.headers(), &header::UPGRADE, "websocket")
+}
+
+/// RFC 6455 §4.2.1 checks the gateway can make without the upstream.
+fn check_websocket_request<B>(req: &Request<B>) -> Result<(), Refusal> {
+    if req.version() != Version::HTTP_11 {
+        return Err(Refusal::BadRequest("WebSocket upgrade needs HTTP/1.1"));
+    }
+    let versions: Vec<_> = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_VERSION)
+        .iter()
+        .collect();
+    if versions.len() != 1 || versions[0] != "13" {
+        return Err(Refusal::UpgradeRequired);
+    }
+    let keys: Vec<_> = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_KEY)
+        .iter()
+        .collect();
+    let valid_key = keys.len() == 1 && {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(keys[0].as_bytes())
+            .is_ok_and(|k| k.len() == 16)
+    };
+    if !valid_key {
+        return Err(Refusal::BadRequest("missing or invalid Sec-WebSocket-Key"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ws_request() -> http::request::Builder {
+        Request::builder()
+            .method("GET")
+            .uri("/ws")
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+    }
+
+    #[test]
+    fn detects_upgrade_with_token_lists() {
+        assert!(is_websocket_upgrade(&ws_request().body(()).unwrap()));
+        let post = Request::builder()
+            .method("POST")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(!is_websocket_upgrade(&post));
+        let h2c = Request::builder()
+            .header("connection", "upgrade")
+            .header("upgrade", "h2c")
+            .body(())
+            .unwrap();
+        assert!(!is_websocket_upgrade(&h2c));
+    }
+
+    #[test]
+    fn websocket_request_checks() {
+        let ok = ws_request()
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap();
+        assert_eq!(check_websocket_request(&ok), Ok(()));
+        let v8 = ws_request()
+            .header("sec-websocket-version", "8")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap();
+        assert_eq!(check_websocket_request(&v8), Err(Refusal::UpgradeRequired));
+        let short_key = ws_request()
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "c2hvcnQ=")
+            .body(())
+            .unwrap();
+        assert!(matches!(
+            check_websocket_request(&short_key),
+            Err(Refusal::BadRequest(_))
+        ));
+        let two_keys = ws_request()
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap();
+        assert!(check_websocket_request(&two_keys).is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-end-to-end", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("connection").is_none());
+        assert_eq!(h["x-end-to-end"], "1");
+    }
+}

@@ -1,0 +1,23 @@
+//! HTTP side of a client connection: serving (`conn`), per-request logic (`handler`) and
+//! the mapping of refusals to responses (`response`).
+
+pub mod conn;
+pub mod handler;
+pub mod response;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+
+/// Process-wide pieces every connection shares.
+pub struct Shared {
+    /// Metric handles.
+    pub metrics: Metrics,
+    /// Every connection and tunnel task, so the drain can wait for them.
+    pub tracker: TaskTracker,
+    /// Fired when draining starts: stop accepting, finish in-flight requests.
+    pub draining: CancellationToken,
+    /// Fired at the drain deadline: close every tunnel still open.
+    pub hard_stop: CancellationToken,
+}

@@ -1,0 +1,145 @@
+//! The one place where refusals become HTTP responses (status, headers, body, outcome).
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+
+use crate::metrics::Outcome;
+use crate::upstream::UpstreamError;
+
+/// The body type of every response wsgate sends.
+pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// A body from static bytes.
+pub fn full(body: impl Into<Bytes>) -> ProxyBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Why a request was refused before reaching (or instead of) the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Malformed request (bad path, bad WebSocket headers).
+    BadRequest(&'static str),
+    /// `Sec-WebSocket-Version` other than 13.
+    UpgradeRequired,
+    /// No route matched.
+    NotFound,
+    /// Missing or bad credentials; carries the Basic challenge when the route accepts Basic.
+    Unauthorized {
+        /// `WWW-Authenticate` value.
+        challenge: Option<String>,
+    },
+    /// Too many password verifications in flight.
+    Busy,
+    /// Upstream unreachable or broken.
+    BadGateway,
+    /// Upstream too slow.
+    GatewayTimeout,
+}
+
+impl Refusal {
+    /// The status sent to the client.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Refusal::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::BadGateway => StatusCode::BAD_GATEWAY,
+            Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The `wsgate_handshakes_total` outcome label.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Refusal::BadRequest(_) | Refusal::UpgradeRequired => Outcome::BadRequest,
+            Refusal::NotFound => Outcome::NotFound,
+            Refusal::Unauthorized { .. } => Outcome::Unauthorized,
+            Refusal::Busy => Outcome::Limited,
+            Refusal::BadGateway => Outcome::UpstreamError,
+            Refusal::GatewayTimeout => Outcome::Timeout,
+        }
+    }
+
+    /// A complete HTTP/1.1 response that closes the connection.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let text = match &self {
+            Refusal::BadRequest(why) => format!("400 Bad Request: {why}\n"),
+            other => format!(
+                "{} {}\n",
+                other.status().as_u16(),
+                other.status().canonical_reason().unwrap_or("")
+            ),
+        };
+        let mut resp = Response::new(full(text));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(CONNECTION, HeaderValue::from_static("close"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        match self {
+            Refusal::Unauthorized {
+                challenge: Some(challenge),
+            } => {
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    h.insert(WWW_AUTHENTICATE, v);
+                }
+            }
+            Refusal::UpgradeRequired => {
+                h.insert("sec-websocket-version", HeaderValue::from_static("13"));
+            }
+            Refusal::Busy => {
+                h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+impl From<&UpstreamError> for Refusal {
+    fn from(e: &UpstreamError) -> Self {
+        if e.is_timeout() {
+            Refusal::GatewayTimeout
+        } else {
+            Refusal::BadGateway
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauthorized_carries_challenge_and_closes() {
+        let r = Refusal::Unauthorized {
+            challenge: Some("Basic realm=\"wsgate\"".into()),
+        }
+        .into_response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"wsgate\"");
+        assert_eq!(r.headers()["connection"], "close");
+    }
+
+    #[test]
+    fn statuses_and_outcomes() {
+        assert_eq!(Refusal::NotFound.status(), 404);
+        assert_eq!(Refusal::BadGateway.status(), 502);
+        assert_eq!(Refusal::GatewayTimeout.outcome(), Outcome::Timeout);
+        assert_eq!(Refusal::UpgradeRequired.status(), 426);
+        assert_eq!(
+            Refusal::UpgradeRequired.into_response().headers()["sec-websocket-version"],
+            "13"
+        );
+    }
+}

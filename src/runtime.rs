@@ -1,0 +1,146 @@
+//! The runtime state built from a validated `Config`: loaded certificates, authenticators,
+//! the route table with its metric handles.
+//!
+//! Built whole (files read, keys parsed) before it is used, so `wsgate check`, start-up
+//! and reloads share one code path, and a reload either swaps in a complete new state or
+//! leaves the old one in force. Readers get it through `ArcSwap`: no lock per request.
+
+use std::sync::Arc;
+
+use crate::auth::{Authenticator, HashLimiter, RouteAuth};
+use crate::config::{Config, ConfigError, ConfigErrors, UpstreamConfig};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::route::Router;
+
+/// One route, ready to serve.
+pub struct Route {
+    /// The configured path prefix (also the `route` metric label).
+    pub path: String,
+    /// Where requests go.
+    pub upstream: UpstreamConfig,
+    /// `host:port`, for messages.
+    pub upstream_addr: String,
+    /// The route's authenticators.
+    pub auth: RouteAuth,
+    /// Pre-resolved metric handles.
+    pub metrics: RouteMetrics,
+}
+
+/// Everything a connection needs, immutable once built.
+pub struct Runtime {
+    /// The config this state was built from.
+    pub config: Config,
+    /// Path → route.
+    pub router: Router<Arc<Route>>,
+    /// TLS server config per listener (same order as `config.listeners`).
+    pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Client TLS config for `wss://` upstreams (`None` when no route needs it).
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+fn error(path: String, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path,
+        message: message.into(),
+    }
+}
+
+/// Loads every file the config names and builds the runtime state; all problems at once.
+pub fn build(config: Config, metrics: &Metrics) -> Result<Runtime, ConfigErrors> {
+    build_with(config, metrics, None)
+}
+
+/// Like [`build`], with an explicit client TLS config for `wss://` upstreams (tests).
+pub fn build_with(
+    config: Config,
+    metrics: &Metrics,
+    upstream_tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Runtime, ConfigErrors> {
+    let mut errors = Vec::new();
+
+    let mut listener_tls = Vec::with_capacity(config.listeners.len());
+    for (i, l) in config.listeners.iter().enumerate() {
+        let Some(files) = &l.tls else {
+            listener_tls.push(None);
+            continue;
+        };
+        match crate::tls::load_certified_key(&files.cert, &files.key) {
+            Ok(key) => match crate::tls::server_config(key) {
+                Ok(cfg) => listener_tls.push(Some(cfg)),
+                Err(e) => {
+                    errors.push(error(format!("listeners[{i}].tls"), e.to_string()));
+                    listener_tls.push(None);
+                }
+            },
+            Err(e) => {
+                errors.push(error(format!("listeners[{i}].tls.{}", e.field), e.message));
+                listener_tls.push(None);
+            }
+        }
+    }
+
+    let limiter = Arc::new(HashLimiter::new(config.limits.max_concurrent_hashes));
+    let mut authenticators = std::collections::BTreeMap::new();
+    for (name, cfg) in &config.auth {
+        match Authenticator::build(name, cfg, limiter.clone()) {
+            Ok(a) => {
+                authenticators.insert(name.clone(), Arc::new(a));
+            }
+            Err(problems) => {
+                for (field, message) in problems {
+                    errors.push(error(format!("auth.{name}.{field}"), message));
+                }
+            }
+        }
+    }
+
+    let needs_upstream_tls = config.routes.iter().any(|r| r.upstream.tls);
+    let upstream_tls = match upstream_tls {
+        Some(c) => Some(c),
+        None if needs_upstream_tls => match crate::tls::upstream_client_config() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                errors.push(error("routes".into(), format!("wss:// upstreams: {e}")));
+                None
+            }
+        },
+        None => None,
+    };
+
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for r in &config.routes {
+        // Names were checked by config validation; a missing one here means its
+        // authenticator failed to build, which is already reported above.
+        let auths: Vec<Arc<Authenticator>> = r
+            .auth
+            .iter()
+            .filter_map(|n| authenticators.get(n).cloned())
+            .collect();
+        let route = Route {
+            path: r.path.clone(),
+            upstream: r.upstream.clone(),
+            upstream_addr: format_addr(&r.upstream),
+            auth: RouteAuth::new(auths),
+            metrics: metrics.route(&r.path),
+        };
+        routes.push((r.path.clone(), Arc::new(route)));
+    }
+
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Runtime {
+        router: Router::new(routes),
+        listener_tls,
+        upstream_tls,
+        config,
+    })
+}
+
+fn format_addr(u: &UpstreamConfig) -> String {
+    if u.host.contains(':') {
+        format!("[{}]:{}", u.host, u.port)
+    } else {
+        format!("{}:{}", u.host, u.port)
+    }
+}

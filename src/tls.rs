@@ -1,0 +1,121 @@
+//! TLS: certificate loading (PEM via rustls-pki-types), server and client configs.
+//!
+//! A listener's `ServerConfig` lives in the swappable runtime state, so a reload that
+//! brings a renewed certificate reaches the next handshake without touching open ones.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The one crypto provider (aws-lc-rs), shared with jsonwebtoken's backend.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A certificate/key problem, tagged with the config field it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct TlsLoadError {
+    /// `cert` or `key`.
+    pub field: &'static str,
+    /// What is wrong, naming the file.
+    pub message: String,
+}
+
+fn err(field: &'static str, message: String) -> TlsLoadError {
+    TlsLoadError { field, message }
+}
+
+/// Loads a PEM chain and key and checks that they parse and belong together.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsLoadError> {
+    let cert_bytes = std::fs::read(cert)
+        .map_err(|e| err("cert", format!("cannot read {}: {e}", cert.display())))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| err("cert", format!("{}: invalid PEM: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(err(
+            "cert",
+            format!("{}: no CERTIFICATE block found", cert.display()),
+        ));
+    }
+    let key_bytes = std::fs::read(key)
+        .map_err(|e| err("key", format!("cannot read {}: {e}", key.display())))?;
+    // Never echo key material: messages name the file only.
+    let key_der = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
+        err(
+            "key",
+            format!(
+                "{}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM expected): {e}",
+                key.display()
+            ),
+        )
+    })?;
+    let certified = CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => err(
+            "key",
+            format!(
+                "{} does not match the certificate in {}",
+                key.display(),
+                cert.display()
+            ),
+        ),
+        other => err(
+            "key",
+            format!("{}: unusable private key: {other}", key.display()),
+        ),
+    })?;
+    // Fail at load time, not at the first handshake, when the leaf cannot be parsed.
+    certified
+        .end_entity_cert()
+        .map_err(|e| err("cert", format!("{}: {e}", cert.display())))?;
+    Ok(Arc::new(certified))
+}
+
+#[derive(Debug)]
+struct SingleCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for SingleCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Builds a TLS 1.2/1.3 server config offering `http/1.1` by ALPN.
+pub fn server_config(key: Arc<CertifiedKey>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SingleCert(key)));
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Builds the client config used for `wss://` upstreams (system trust roots).
+pub fn upstream_client_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for cert in found.certs {
+        // A single unparsable system root must not take wss:// upstreams down.
+        let _ = roots.add(cert);
+    }
+    client_config_with_roots(roots)
+}
+
+/// Builds a client config trusting exactly `roots` (tests and per-route CAs).
+pub fn client_config_with_roots(
+    roots: rustls::RootCertStore,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
