@@ -1,6 +1,7 @@
 //! A demo WebSocket echo server for trying wsgate: `cargo run --example echo-upstream [ADDR]`.
 //!
 //! Greets each client with who wsgate says it is (`X-Auth-User`) and echoes every message.
+#![allow(clippy::result_large_err)] // tungstenite's handshake callback fixes the error type
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;

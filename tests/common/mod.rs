@@ -1,6 +1,6 @@
 //! Shared test fixtures: a real gateway on 127.0.0.1:0, real upstreams, certificates,
 //! credentials. Every test talks over real sockets.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::result_large_err)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
