@@ -42,6 +42,12 @@ enum LogFormat {
 enum Command {
     /// Validate the config and the files it names, without binding any port
     Check,
+    /// Probe the admin listener's /healthz (for container health checks); exit 0 when healthy
+    Healthcheck {
+        /// Admin address to probe [default: admin.bind from the config]
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
     /// Read a password from stdin and print an htpasswd line (bcrypt, or argon2id)
     HashPassword {
         /// User name for the htpasswd line (omit to print only the hash)
@@ -58,6 +64,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&cli.config),
         Some(Command::HashPassword { user, argon2 }) => hash_password(user, argon2),
+        Some(Command::Healthcheck { admin }) => healthcheck(&cli.config, admin),
         None => serve(&cli.config),
     }
 }
@@ -97,6 +104,60 @@ fn check(path: &std::path::Path) -> ExitCode {
             for e in &errors.0 {
                 println!("{e}");
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn healthcheck(path: &std::path::Path, admin: Option<std::net::SocketAddr>) -> ExitCode {
+    use std::io::Read;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    use std::time::Duration;
+    let addr = match admin {
+        Some(a) => a,
+        None => match load(path) {
+            Ok(cfg) => match cfg.admin {
+                Some(a) => a.bind,
+                None => {
+                    eprintln!("wsgate: the config has no admin listener to probe");
+                    return ExitCode::FAILURE;
+                }
+            },
+            Err(errors) => {
+                print_errors(&errors);
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    // A wildcard bind is reachable on loopback.
+    let addr = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    };
+    let probe = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.take(4096).read_to_string(&mut out)?;
+        Ok(out)
+    };
+    match probe() {
+        Ok(resp) if resp.starts_with("HTTP/1.1 200") => {
+            println!("healthy");
+            ExitCode::SUCCESS
+        }
+        Ok(resp) => {
+            eprintln!("wsgate: unhealthy: {}", resp.lines().next().unwrap_or(""));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("wsgate: cannot reach {addr}: {e}");
             ExitCode::FAILURE
         }
     }

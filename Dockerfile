@@ -1,0 +1,26 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: compile in the Rust image, ship only the binary on a distroless base.
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+# Build dependencies first so code changes don't rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && cargo build --release --locked --bin wsgate && rm -rf src
+COPY src ./src
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin wsgate \
+    && strip target/release/wsgate
+
+# glibc + ca-certificates (for wss:// upstreams), no shell, runs as uid 65532.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/wsgate /usr/local/bin/wsgate
+WORKDIR /etc/wsgate
+# Mount your config.yaml, certificates and htpasswd here; ${VAR}s come from the environment.
+ENV WSGATE_CONFIG=/etc/wsgate/config.yaml
+USER nonroot:nonroot
+# Plain, TLS and admin ports of the example config (bind 0.0.0.0 inside a container).
+EXPOSE 8080 8443 9100
+HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/wsgate", "healthcheck"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/wsgate"]
