@@ -15,10 +15,13 @@
 
 pub mod admin;
 pub mod auth;
+pub mod balance;
 pub mod config;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod route;
 pub mod runtime;
 pub mod splice;
@@ -73,13 +76,14 @@ pub struct Gateway {
     shared: Arc<Shared>,
     listeners: Vec<BoundListener>,
     admin: Option<TcpListener>,
-    limit: Arc<Semaphore>,
+    upstream_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Swaps in a new configuration while the gateway runs (SIGHUP, tests).
 #[derive(Clone)]
 pub struct Reloader {
     state: Arc<ArcSwap<Runtime>>,
+    shared: Arc<Shared>,
     metrics: Metrics,
     upstream_tls: Option<Arc<rustls::ClientConfig>>,
 }
@@ -96,7 +100,7 @@ impl Gateway {
         upstream_tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, StartError> {
         let metrics = Metrics::new()?;
-        let runtime = runtime::build_with(config, &metrics, upstream_tls)?;
+        let runtime = runtime::build_with(config, &metrics, upstream_tls.clone())?;
         let mut listeners = Vec::new();
         for (index, l) in runtime.config.listeners.iter().enumerate() {
             let tcp = listener::bind(l.bind).await.map_err(StartError::Bind)?;
@@ -106,19 +110,21 @@ impl Gateway {
             Some(a) => Some(listener::bind(a.bind).await.map_err(StartError::Bind)?),
             None => None,
         };
-        let limit = Arc::new(Semaphore::new(runtime.config.limits.max_connections));
         let shared = Arc::new(Shared {
             metrics,
             tracker: TaskTracker::new(),
             draining: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
+            limits: limits::Limits::new(),
+            connections: Arc::new(Semaphore::new(runtime.config.limits.max_connections)),
+            pending: Arc::new(Semaphore::new(runtime.config.limits.max_pending_handshakes)),
         });
         Ok(Gateway {
             state: Arc::new(ArcSwap::from_pointee(runtime)),
             shared,
             listeners,
             admin,
-            limit,
+            upstream_tls,
         })
     }
 
@@ -144,8 +150,9 @@ impl Gateway {
     pub fn reloader(&self) -> Reloader {
         Reloader {
             state: self.state.clone(),
+            shared: self.shared.clone(),
             metrics: self.shared.metrics.clone(),
-            upstream_tls: self.state.load().upstream_tls.clone(),
+            upstream_tls: self.upstream_tls.clone(),
         }
     }
 
@@ -159,7 +166,6 @@ impl Gateway {
                 l,
                 self.state.clone(),
                 self.shared.clone(),
-                self.limit.clone(),
             )));
         }
         let admin_task = self
@@ -244,7 +250,37 @@ impl Reloader {
             ));
         }
         let runtime = runtime::build_with(config, &self.metrics, self.upstream_tls.clone())?;
+        let (old_limits, new_limits) = (&current.config.limits, &runtime.config.limits);
+        resize(
+            &self.shared.connections,
+            old_limits.max_connections,
+            new_limits.max_connections,
+        );
+        resize(
+            &self.shared.pending,
+            old_limits.max_pending_handshakes,
+            new_limits.max_pending_handshakes,
+        );
         self.state.store(Arc::new(runtime));
         Ok(())
+    }
+}
+
+/// Grows or shrinks a limit semaphore in place. Held permits stay valid; a shrink below
+/// the number in use takes the rest back as they are released.
+fn resize(sem: &Arc<Semaphore>, old: usize, new: usize) {
+    if new > old {
+        sem.add_permits(new - old);
+    } else if old > new {
+        let owed = (old - new) - sem.forget_permits(old - new);
+        if owed > 0 {
+            let sem = sem.clone();
+            let owed = u32::try_from(owed).unwrap_or(u32::MAX);
+            tokio::spawn(async move {
+                if let Ok(p) = sem.acquire_many_owned(owed).await {
+                    p.forget();
+                }
+            });
+        }
     }
 }

@@ -1,19 +1,21 @@
-//! Accept loops: one per configured listener. Each accepted socket gets a connection
-//! permit, an optional TLS handshake under a timeout, then `proxy::conn::serve`.
+//! Accept loops: one per configured listener. Each accepted socket gets its permits
+//! (global, pending-handshake, per-IP), then an optional PROXY header, an optional TLS
+//! handshake under a timeout, then `proxy::conn::serve`.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::{NO_ROUTE, Outcome};
 use crate::proxy::Shared;
-use crate::proxy::handler::{ClientConn, Handler};
+use crate::proxy::handler::{ClientConn, ConnPermits, Handler};
 use crate::runtime::Runtime;
 
 /// A bound listener and its position in `config.listeners` (to find its TLS config).
@@ -26,9 +28,16 @@ pub struct BoundListener {
 
 /// Binds a listening socket; errors name the address.
 pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .and_then(|s| {
+        s.set_reuseaddr(true)?;
+        s.bind(addr)?;
+        s.listen(4096)
+    });
+    socket.map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))
 }
 
 /// Accepts until draining starts. Survives transient errors (EMFILE included).
@@ -36,7 +45,6 @@ pub async fn accept_loop(
     listener: BoundListener,
     state: Arc<ArcSwap<Runtime>>,
     shared: Arc<Shared>,
-    limit: Arc<Semaphore>,
 ) {
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -62,41 +70,111 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            shared.metrics.handshake(NO_ROUTE, Outcome::Limited);
-            tracing::warn!(client = %peer.ip(), "connection limit reached, closing new connection");
-            drop(stream);
+        let runtime = state.load_full();
+        let tls = runtime.listener_tls.get(listener.index).cloned().flatten();
+        let Ok(connection) = shared.connections.clone().try_acquire_owned() else {
+            refuse(&shared, stream, peer, tls.is_none(), "max_connections", 503);
             continue;
         };
-        let runtime = state.load_full();
+        let Ok(pending) = shared.pending.clone().try_acquire_owned() else {
+            refuse(
+                &shared,
+                stream,
+                peer,
+                tls.is_none(),
+                "max_pending_handshakes",
+                503,
+            );
+            continue;
+        };
         let shared2 = shared.clone();
         let index = listener.index;
         shared.tracker.spawn(async move {
-            handle_connection(stream, peer, index, runtime, shared2, Arc::new(permit)).await;
+            handle_connection(stream, peer, index, runtime, shared2, connection, pending).await;
+        });
+    }
+}
+
+/// Counts and logs a connection refused by a limit; plain clients get a short HTTP answer.
+fn refuse(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    plain: bool,
+    limit: &'static str,
+    status: u16,
+) {
+    shared.metrics.handshake(NO_ROUTE, Outcome::Limited);
+    tracing::warn!(target: "wsgate::access", client = %peer.ip(), limit, status, "connection refused by a limit");
+    if plain {
+        // Best effort and bounded: a client that doesn't read just gets closed.
+        shared.tracker.spawn(async move {
+            let mut stream = stream;
+            let msg: &[u8] = if status == 429 {
+                b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n"
+            } else {
+                b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n"
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(msg)).await;
         });
     }
 }
 
 async fn handle_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: TcpStream,
+    mut peer: SocketAddr,
     index: usize,
     runtime: Arc<Runtime>,
     shared: Arc<Shared>,
-    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    connection: OwnedSemaphorePermit,
+    pending: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
     let timeouts = runtime.config.timeouts.clone();
+    let Some(listener) = runtime.config.listeners.get(index) else {
+        return;
+    };
+    if listener.proxy_protocol {
+        let header = crate::proxy_protocol::read_header(&mut stream);
+        match tokio::time::timeout(timeouts.request_header, header).await {
+            Ok(Ok(Some(addr))) => peer = addr,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::info!(target: "wsgate::access", client = %peer.ip(), error = %e, "PROXY header refused");
+                shared.metrics.handshake(NO_ROUTE, Outcome::BadRequest);
+                return;
+            }
+            Err(_) => {
+                shared.metrics.handshake(NO_ROUTE, Outcome::Timeout);
+                return;
+            }
+        }
+    }
+    let limits = &runtime.config.limits;
     let tls = runtime.listener_tls.get(index).cloned().flatten();
+    let Some(ip_slot) = shared
+        .limits
+        .try_connect(peer.ip(), limits.max_connections_per_ip)
+    else {
+        refuse(
+            &shared,
+            stream,
+            peer,
+            tls.is_none(),
+            "max_connections_per_ip",
+            429,
+        );
+        return;
+    };
+    let permits = ConnPermits {
+        connection,
+        ip_slot,
+        pending: Mutex::new(Some(pending)),
+    };
     let draining = shared.draining.clone();
     match tls {
         None => {
-            let handler = Handler::new(
-                runtime,
-                ClientConn { peer, tls: false },
-                shared,
-                Some(permit),
-            );
+            let handler = Handler::new(runtime, ClientConn { peer, tls: false }, shared, permits);
             crate::proxy::conn::serve(stream, handler, timeouts.request_header, draining).await;
         }
         Some(cfg) => {
@@ -112,12 +190,7 @@ async fn handle_connection(
                     return;
                 }
             };
-            let handler = Handler::new(
-                runtime,
-                ClientConn { peer, tls: true },
-                shared,
-                Some(permit),
-            );
+            let handler = Handler::new(runtime, ClientConn { peer, tls: true }, shared, permits);
             crate::proxy::conn::serve(tls_stream, handler, timeouts.request_header, draining).await;
         }
     }

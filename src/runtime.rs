@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use crate::auth::{Authenticator, HashLimiter, RouteAuth};
-use crate::config::{Config, ConfigError, ConfigErrors, UpstreamConfig};
+use crate::balance::Pool;
+use crate::config::{Config, ConfigError, ConfigErrors, OriginPattern};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::route::Router;
 
@@ -16,10 +17,12 @@ use crate::route::Router;
 pub struct Route {
     /// The configured path prefix (also the `route` metric label).
     pub path: String,
-    /// Where requests go.
-    pub upstream: UpstreamConfig,
-    /// `host:port`, for messages.
-    pub upstream_addr: String,
+    /// The upstream servers and how to pick one.
+    pub pool: Pool,
+    /// Client TLS config for this route's `wss://` servers (route CA or system roots).
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Allowed browser origins (`None` = any).
+    pub origins: Option<Vec<OriginPattern>>,
     /// The route's authenticators.
     pub auth: RouteAuth,
     /// Pre-resolved metric handles.
@@ -34,8 +37,6 @@ pub struct Runtime {
     pub router: Router<Arc<Route>>,
     /// TLS server config per listener (same order as `config.listeners`).
     pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
-    /// Client TLS config for `wss://` upstreams (`None` when no route needs it).
-    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 fn error(path: String, message: impl Into<String>) -> ConfigError {
@@ -94,10 +95,13 @@ pub fn build_with(
         }
     }
 
-    let needs_upstream_tls = config.routes.iter().any(|r| r.upstream.tls);
-    let upstream_tls = match upstream_tls {
+    let needs_system_roots = config
+        .routes
+        .iter()
+        .any(|r| r.ca.is_none() && r.upstreams.iter().any(|u| u.tls));
+    let system_tls = match upstream_tls {
         Some(c) => Some(c),
-        None if needs_upstream_tls => match crate::tls::upstream_client_config() {
+        None if needs_system_roots => match crate::tls::upstream_client_config() {
             Ok(c) => Some(c),
             Err(e) => {
                 errors.push(error("routes".into(), format!("wss:// upstreams: {e}")));
@@ -108,7 +112,7 @@ pub fn build_with(
     };
 
     let mut routes = Vec::with_capacity(config.routes.len());
-    for r in &config.routes {
+    for (i, r) in config.routes.iter().enumerate() {
         // Names were checked by config validation; a missing one here means its
         // authenticator failed to build, which is already reported above.
         let auths: Vec<Arc<Authenticator>> = r
@@ -116,10 +120,21 @@ pub fn build_with(
             .iter()
             .filter_map(|n| authenticators.get(n).cloned())
             .collect();
+        let route_tls = match &r.ca {
+            Some(ca) => match crate::tls::client_config_with_ca_file(ca) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    errors.push(error(format!("routes[{i}].ca"), e));
+                    None
+                }
+            },
+            None => system_tls.clone(),
+        };
         let route = Route {
             path: r.path.clone(),
-            upstream: r.upstream.clone(),
-            upstream_addr: format_addr(&r.upstream),
+            pool: Pool::new(&r.upstreams, r.balance, config.timeouts.upstream_retry),
+            upstream_tls: route_tls,
+            origins: r.origins.clone(),
             auth: RouteAuth::new(auths),
             metrics: metrics.route(&r.path),
         };
@@ -132,15 +147,6 @@ pub fn build_with(
     Ok(Runtime {
         router: Router::new(routes),
         listener_tls,
-        upstream_tls,
         config,
     })
-}
-
-fn format_addr(u: &UpstreamConfig) -> String {
-    if u.host.contains(':') {
-        format!("[{}]:{}", u.host, u.port)
-    } else {
-        format!("{}:{}", u.host, u.port)
-    }
 }

@@ -6,7 +6,8 @@
 //! The loop is the place where frame tracking (close codes, size limits) will hook in.
 
 use std::io;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,6 +29,8 @@ pub enum Ended {
     Closed,
     /// An I/O error on either side.
     Error,
+    /// No bytes either way for `timeouts.tunnel_idle`.
+    Idle,
     /// The gateway stopped it (drain deadline).
     Shutdown,
 }
@@ -41,7 +44,35 @@ pub struct SpliceReport {
     pub client_to_upstream: u64,
     /// Bytes upstream → client.
     pub upstream_to_client: u64,
+    /// Which side ended it first.
+    pub closed_by: ClosedBy,
 }
+
+/// Which side ended a tunnel first (for the access log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClosedBy {
+    /// The client closed (or failed) first.
+    Client,
+    /// The upstream closed (or failed) first.
+    Upstream,
+    /// The gateway closed it (idle timeout, drain deadline).
+    Gateway,
+}
+
+impl ClosedBy {
+    /// Log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedBy::Client => "client",
+            ClosedBy::Upstream => "upstream",
+            ClosedBy::Gateway => "gateway",
+        }
+    }
+}
+
+const NOBODY: u8 = 0;
+const CLIENT: u8 = 1;
+const UPSTREAM: u8 = 2;
 
 /// Keeps `wsgate_connections_active` right however the tunnel ends (even on panic).
 struct ActiveGuard<'a>(&'a RouteMetrics, Instant);
@@ -55,11 +86,13 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
-/// Copies both ways until both directions end, an error occurs, or `stop` fires.
+/// Copies both ways until both directions end, an error occurs, the tunnel is idle for
+/// `idle` (zero = never), or `stop` fires.
 pub async fn splice<C, U>(
     client: C,
     upstream: U,
     metrics: &RouteMetrics,
+    idle: Duration,
     stop: CancellationToken,
 ) -> SpliceReport
 where
@@ -70,16 +103,34 @@ where
     let _guard = ActiveGuard(metrics, Instant::now());
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut up_r, mut up_w) = tokio::io::split(upstream);
-    let mut c2u = 0u64;
-    let mut u2c = 0u64;
+    // Totals double as the activity signal for the idle check: one relaxed add per chunk
+    // on an uncontended cache line, no timer reset per chunk.
+    let c2u = AtomicU64::new(0);
+    let u2c = AtomicU64::new(0);
+    let first = AtomicU8::new(NOBODY);
     let ended = {
-        let forward = pump(&mut client_r, &mut up_w, &metrics.bytes_c2u, &mut c2u);
-        let backward = pump(&mut up_r, &mut client_w, &metrics.bytes_u2c, &mut u2c);
+        let forward = pump(
+            &mut client_r,
+            &mut up_w,
+            &metrics.bytes_c2u,
+            &c2u,
+            &first,
+            CLIENT,
+        );
+        let backward = pump(
+            &mut up_r,
+            &mut client_w,
+            &metrics.bytes_u2c,
+            &u2c,
+            &first,
+            UPSTREAM,
+        );
         tokio::select! {
             r = async { tokio::try_join!(forward, backward) } => match r {
                 Ok(_) => Ended::Closed,
                 Err(_) => Ended::Error,
             },
+            _ = idle_watch(idle, &c2u, &u2c) => Ended::Idle,
             _ = stop.cancelled() => Ended::Shutdown,
         }
     };
@@ -88,17 +139,44 @@ where
         let _ = client_w.shutdown().await;
         let _ = up_w.shutdown().await;
     }
+    let closed_by = match (ended, first.load(Ordering::Relaxed)) {
+        (Ended::Idle | Ended::Shutdown, _) => ClosedBy::Gateway,
+        (_, UPSTREAM) => ClosedBy::Upstream,
+        _ => ClosedBy::Client,
+    };
     SpliceReport {
         ended,
-        client_to_upstream: c2u,
-        upstream_to_client: u2c,
+        client_to_upstream: c2u.load(Ordering::Relaxed),
+        upstream_to_client: u2c.load(Ordering::Relaxed),
+        closed_by,
+    }
+}
+
+/// Resolves once no byte moved either way for `idle`; never when `idle` is zero.
+async fn idle_watch(idle: Duration, a: &AtomicU64, b: &AtomicU64) {
+    if idle.is_zero() {
+        return std::future::pending().await;
+    }
+    // Check four times per period: a tunnel is closed between 1 and 1.25 periods idle.
+    let tick = (idle / 4).max(Duration::from_millis(10));
+    let mut last = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
+    let mut quiet_since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
+        if now != last {
+            last = now;
+            quiet_since = tokio::time::Instant::now();
+        } else if quiet_since.elapsed() >= idle {
+            return;
+        }
     }
 }
 
 /// Local byte tally, published in batches and on drop (so a cancelled pump still counts).
 struct Tally<'a> {
     counter: &'a IntCounter,
-    total: &'a mut u64,
+    total: &'a AtomicU64,
     unpublished: u64,
     chunks: u32,
 }
@@ -106,7 +184,7 @@ struct Tally<'a> {
 impl Tally<'_> {
     #[inline]
     fn add(&mut self, n: usize) {
-        *self.total += n as u64;
+        self.total.fetch_add(n as u64, Ordering::Relaxed);
         self.unpublished += n as u64;
         self.chunks += 1;
         // Batching keeps the shared atomic off the per-chunk path, while chatty
@@ -131,7 +209,14 @@ impl Drop for Tally<'_> {
     }
 }
 
-async fn pump<R, W>(r: &mut R, w: &mut W, counter: &IntCounter, total: &mut u64) -> io::Result<()>
+async fn pump<R, W>(
+    r: &mut R,
+    w: &mut W,
+    counter: &IntCounter,
+    total: &AtomicU64,
+    first: &AtomicU8,
+    side: u8,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -143,14 +228,23 @@ where
         chunks: 0,
     };
     let mut buf = vec![0u8; BUF_SIZE];
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            return w.shutdown().await;
+    let result = async {
+        loop {
+            let n = r.read(&mut buf).await?;
+            if n == 0 {
+                // Remember who hung up first, then pass the half-close on.
+                let _ = first.compare_exchange(NOBODY, side, Ordering::Relaxed, Ordering::Relaxed);
+                return w.shutdown().await;
+            }
+            w.write_all(&buf[..n]).await?;
+            // TLS writers may hold a record back until flushed; for TCP this is free.
+            w.flush().await?;
+            tally.add(n);
         }
-        w.write_all(&buf[..n]).await?;
-        // TLS writers may hold a record back until flushed; for TCP this is free.
-        w.flush().await?;
-        tally.add(n);
     }
+    .await;
+    if result.is_err() {
+        let _ = first.compare_exchange(NOBODY, side, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    result
 }

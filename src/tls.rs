@@ -107,6 +107,22 @@ pub fn upstream_client_config() -> Result<Arc<rustls::ClientConfig>, String> {
     client_config_with_roots(roots)
 }
 
+/// Builds a client config trusting the certificates of a PEM CA file (a route's `ca`).
+pub fn client_config_with_ca_file(path: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no CERTIFICATE block found", path.display()));
+    }
+    client_config_with_roots(roots)
+}
+
 /// Builds a client config trusting exactly `roots` (tests and per-route CAs).
 pub fn client_config_with_roots(
     roots: rustls::RootCertStore,

@@ -261,7 +261,7 @@ routes:
             vec!["users".to_string(), "jwt".to_string()]
         );
         assert_eq!(
-            c.routes[1].upstream,
+            c.routes[1].upstreams[0],
             UpstreamConfig {
                 tls: false,
                 host: "127.0.0.1".into(),
@@ -284,9 +284,19 @@ routes:
                 request_header: Duration::from_secs(10),
                 upstream_connect: Duration::from_secs(5),
                 upstream_response: Duration::from_secs(30),
+                tunnel_idle: Duration::from_secs(3600),
+                upstream_retry: Duration::from_secs(10),
             }
         );
         assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.limits.max_connections_per_ip, 256);
+        assert_eq!(c.limits.handshake_rate_per_ip, 20);
+        assert_eq!(c.limits.handshake_burst_per_ip, 40);
+        assert_eq!(c.limits.max_pending_handshakes, 1024);
+        assert_eq!(c.trusted_proxies, None);
+        assert!(!c.listeners[0].proxy_protocol);
+        assert_eq!(c.routes[0].balance, Balance::RoundRobin);
+        assert_eq!(c.routes[0].origins, None);
         assert!(c.limits.max_concurrent_hashes >= 1);
     }
 
@@ -352,7 +362,7 @@ routes:
         has(
             &e,
             "routes[0].upsteam",
-            "unknown key (expected one of: path, upstream, auth)",
+            "unknown key (expected one of: path, upstream, auth, balance, ca, origins)",
         );
         has(&e, "routes[0].upstream", "required");
         let e = errs(&with("admin: {bind: \"127.0.0.1:1\", port: 2}\n"));
@@ -389,8 +399,8 @@ routes:
             "listeners:\n  - bind: \"127.0.0.1:${PORT}\"\nroutes:\n  - path: /a\n    upstream: ws://h:${PORT}\n",
         );
         assert_eq!(c.listeners[0].bind.port(), 9000);
-        assert_eq!(c.routes[0].upstream.port, 9000);
-        assert_eq!(c.routes[0].upstream.url, "ws://h:9000");
+        assert_eq!(c.routes[0].upstreams[0].port, 9000);
+        assert_eq!(c.routes[0].upstreams[0].url, "ws://h:9000");
     }
 
     #[test]
@@ -625,10 +635,10 @@ routes:
         let c = ok(
             "listeners:\n  - bind: \"127.0.0.1:1\"\nroutes:\n  - {path: /a, upstream: \"wss://[::1]\"}\n  - {path: /b, upstream: \"https://example.com:8443/\"}\n",
         );
-        assert_eq!(c.routes[0].upstream.host, "::1");
-        assert_eq!(c.routes[0].upstream.port, 443);
-        assert!(c.routes[1].upstream.tls);
-        assert_eq!(c.routes[1].upstream.url, "https://example.com:8443/");
+        assert_eq!(c.routes[0].upstreams[0].host, "::1");
+        assert_eq!(c.routes[0].upstreams[0].port, 443);
+        assert!(c.routes[1].upstreams[0].tls);
+        assert_eq!(c.routes[1].upstreams[0].url, "https://example.com:8443/");
         let e = errs(
             "listeners:\n  - bind: \"127.0.0.1:1\"\nroutes:\n  - {path: /a, upstream: ws://h/chat}\n  - {path: /b, upstream: \"ws://u:hunter2@h\"}\n",
         );
@@ -708,9 +718,18 @@ routes:
             c.limits,
             LimitsConfig {
                 max_connections: 5,
-                max_concurrent_hashes: 2
+                max_concurrent_hashes: 2,
+                max_connections_per_ip: 256,
+                handshake_rate_per_ip: 20,
+                handshake_burst_per_ip: 40,
+                max_pending_handshakes: 1024,
             }
         );
+        let c = ok(&with(
+            "limits: {max_connections_per_ip: 0, handshake_rate_per_ip: 0}\n",
+        ));
+        assert_eq!(c.limits.max_connections_per_ip, 0, "0 = unlimited");
+        assert_eq!(c.limits.handshake_rate_per_ip, 0);
         let e = errs(&with(
             "limits: {max_connections: 0, max_concurrent_hashes: \"4\"}\n",
         ));
@@ -766,5 +785,79 @@ routes:
         // Deep nesting must be refused by the parser's depth budget, not overflow the stack.
         let deep = format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(errs(&deep).len(), 1);
+    }
+
+    #[test]
+    fn hardening_keys() {
+        let yaml = r#"
+listeners:
+  - bind: "127.0.0.1:8080"
+    proxy_protocol: true
+trusted_proxies: ["10.0.0.0/8", "192.0.2.7", "::1/128"]
+timeouts: {tunnel_idle: 0s, upstream_retry: 3s}
+routes:
+  - path: /ws
+    upstream: [ws://127.0.0.1:3001, "wss://[::1]:3002"]
+    balance: client_ip
+    ca: ca.pem
+    origins: ["https://app.example.com", "https://*.example.com:8443"]
+"#;
+        let c = ok(yaml);
+        assert!(c.listeners[0].proxy_protocol);
+        let t = c.trusted_proxies.clone().unwrap();
+        assert_eq!(t.len(), 3);
+        assert!(t[0].contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap()));
+        assert!(t[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
+        assert!(!t[1].contains(&"192.0.2.8".parse::<std::net::IpAddr>().unwrap()));
+        assert_eq!(c.timeouts.tunnel_idle, Duration::ZERO);
+        assert_eq!(c.timeouts.upstream_retry, Duration::from_secs(3));
+        let r = &c.routes[0];
+        assert_eq!(r.upstreams.len(), 2);
+        assert_eq!(r.upstreams[1].port, 3002);
+        assert_eq!(r.balance, Balance::ClientIp);
+        assert!(r.ca.as_ref().unwrap().ends_with("ca.pem"));
+        let o = r.origins.clone().unwrap();
+        assert!(o[0].matches("https://app.example.com"));
+        assert!(o[0].matches("HTTPS://APP.example.com"));
+        assert!(!o[0].matches("https://app.example.com.evil.net"));
+        assert!(o[1].matches("https://a.example.com:8443"));
+        assert!(o[1].matches("https://a.b.example.com:8443"));
+        assert!(!o[1].matches("https://example.com:8443"), "the bare domain is not a subdomain");
+        assert!(!o[1].matches("https://a.example.com"), "port must match");
+        assert!(!o[1].matches("http://a.example.com:8443"), "scheme must match");
+        assert!(!o[1].matches("https://evil.com/.example.com:8443"));
+    }
+
+    #[test]
+    fn hardening_key_errors() {
+        let yaml = r#"
+listeners:
+  - bind: "127.0.0.1:8080"
+    proxy_protocol: "yes"
+trusted_proxies: ["10.0.0.0/33", "proxy.example"]
+timeouts: {upstream_retry: 0s}
+routes:
+  - path: /ws
+    upstream: [ws://127.0.0.1:3001, ws://127.0.0.1:3001]
+    balance: random
+    ca: ca.pem
+    origins: ["app.example.com", "https://*", "https://a.example.com/path"]
+  - path: /empty
+    upstream: []
+    origins: []
+"#;
+        let e = errs(yaml);
+        has(&e, "listeners[0].proxy_protocol", "true or false");
+        has(&e, "trusted_proxies[0]", "CIDR");
+        has(&e, "trusted_proxies[1]", "CIDR");
+        has(&e, "timeouts.upstream_retry", "greater than 0");
+        has(&e, "routes[0].upstream[1]", "twice");
+        has(&e, "routes[0].balance", "round_robin");
+        has(&e, "routes[0].ca", "wss://");
+        has(&e, "routes[0].origins[0]", "not an origin");
+        has(&e, "routes[0].origins[1]", "not an origin");
+        has(&e, "routes[0].origins[2]", "not an origin");
+        has(&e, "routes[1].upstream", "at least one");
+        has(&e, "routes[1].origins", "empty list");
     }
 }

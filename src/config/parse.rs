@@ -24,8 +24,9 @@ const TOP_KEYS: &[&str] = &[
     "shutdown",
     "timeouts",
     "limits",
+    "trusted_proxies",
 ];
-const LISTENER_KEYS: &[&str] = &["bind", "tls"];
+const LISTENER_KEYS: &[&str] = &["bind", "tls", "proxy_protocol"];
 const TLS_KEYS: &[&str] = &["cert", "key"];
 const ADMIN_KEYS: &[&str] = &["bind"];
 const BASIC_KEYS: &[&str] = &["type", "realm", "htpasswd", "cache_ttl"];
@@ -40,15 +41,24 @@ const JWT_KEYS: &[&str] = &[
     "leeway",
     "max_token_bytes",
 ];
-const ROUTE_KEYS: &[&str] = &["path", "upstream", "auth"];
+const ROUTE_KEYS: &[&str] = &["path", "upstream", "auth", "balance", "ca", "origins"];
 const SHUTDOWN_KEYS: &[&str] = &["drain_timeout"];
 const TIMEOUT_KEYS: &[&str] = &[
     "tls_handshake",
     "request_header",
     "upstream_connect",
     "upstream_response",
+    "tunnel_idle",
+    "upstream_retry",
 ];
-const LIMIT_KEYS: &[&str] = &["max_connections", "max_concurrent_hashes"];
+const LIMIT_KEYS: &[&str] = &[
+    "max_connections",
+    "max_concurrent_hashes",
+    "max_connections_per_ip",
+    "handshake_rate_per_ip",
+    "handshake_burst_per_ip",
+    "max_pending_handshakes",
+];
 
 /// Algorithm names in the order they are listed in messages.
 const ALGORITHMS: &[(&str, Algorithm)] = &[
@@ -269,6 +279,35 @@ impl Walker<'_> {
         }
     }
 
+    fn opt_bool(&mut self, m: &Map<String, Value>, path: &str, key: &str) -> bool {
+        match field(m, key) {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                self.err(
+                    at(path, key),
+                    format!("expected true or false, got {}", kind(other)),
+                );
+                false
+            }
+        }
+    }
+
+    /// Like `opt_positive_int`, but 0 is allowed (it means "off").
+    fn opt_count(
+        &mut self,
+        m: &Map<String, Value>,
+        path: &str,
+        key: &str,
+        default: usize,
+    ) -> usize {
+        match field(m, key) {
+            Some(Value::Number(n)) if n.as_u64() == Some(0) => 0,
+            Some(v) => self.positive_int(v, &at(path, key)).unwrap_or(default),
+            None => default,
+        }
+    }
+
     fn opt_positive_int(
         &mut self,
         m: &Map<String, Value>,
@@ -310,6 +349,7 @@ impl Walker<'_> {
         let shutdown = self.shutdown(m);
         let timeouts = self.timeouts(m);
         let limits = self.limits(m);
+        let trusted_proxies = field(m, "trusted_proxies").and_then(|v| self.trusted_proxies(v));
         Some(Config {
             source: source.to_path_buf(),
             listeners: listeners.into_iter().map(|(l, _)| l).collect(),
@@ -319,7 +359,24 @@ impl Walker<'_> {
             shutdown,
             timeouts,
             limits,
+            trusted_proxies,
         })
+    }
+
+    fn trusted_proxies(&mut self, v: &Value) -> Option<Vec<ipnet::IpNet>> {
+        let items = self.list(v, "trusted_proxies")?;
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let p = idx("trusted_proxies", i);
+            let Some(s) = self.string(item, &p) else {
+                continue;
+            };
+            match validate::cidr(&s) {
+                Ok(net) => out.push(net),
+                Err(m) => self.err(p, m),
+            }
+        }
+        Some(out)
     }
 
     /// Returns each valid listener with its YAML path, for conflict messages.
@@ -344,6 +401,7 @@ impl Walker<'_> {
                 .required(m, &path, "bind")
                 .and_then(|v| self.bind(v, &bind_path));
             let tls = field(m, "tls").and_then(|v| self.tls(v, &at(&path, "tls")));
+            let proxy_protocol = self.opt_bool(m, &path, "proxy_protocol");
             let Some(bind) = bind else { continue };
             if let Some((_, other)) = out
                 .iter()
@@ -353,7 +411,14 @@ impl Walker<'_> {
                 self.err(bind_path, msg);
                 continue;
             }
-            out.push((ListenerConfig { bind, tls }, bind_path));
+            out.push((
+                ListenerConfig {
+                    bind,
+                    tls,
+                    proxy_protocol,
+                },
+                bind_path,
+            ));
         }
         out
     }
@@ -670,28 +735,113 @@ impl Walker<'_> {
                 }
             }
             let up_path = at(&path, "upstream");
-            let upstream = self
+            let upstreams = self
                 .required(m, &path, "upstream")
-                .and_then(|v| self.string(v, &up_path))
-                .and_then(|u| match validate::upstream_url(&u) {
-                    Ok(up) => Some(up),
-                    Err(msg) => {
-                        self.err(&up_path, msg);
-                        None
-                    }
-                });
+                .map(|v| self.upstreams(v, &up_path))
+                .unwrap_or_default();
+            let balance = field(m, "balance")
+                .and_then(|v| self.balance(v, &at(&path, "balance")))
+                .unwrap_or(Balance::RoundRobin);
+            let ca = field(m, "ca").and_then(|v| self.file(v, &at(&path, "ca")));
+            if ca.is_some() && !upstreams.iter().any(|u| u.tls) {
+                self.err(
+                    at(&path, "ca"),
+                    "a CA file only applies to wss:// upstreams, and this route has none",
+                );
+            }
+            let origins = field(m, "origins").and_then(|v| self.origins(v, &at(&path, "origins")));
             let auth = field(m, "auth")
                 .map(|v| self.route_auth(v, &at(&path, "auth"), auth_names))
                 .unwrap_or_default();
-            if let (Some(path), Some(upstream)) = (route_path, upstream) {
+            if let Some(path) = route_path
+                && !upstreams.is_empty()
+            {
                 out.push(RouteConfig {
                     path,
-                    upstream,
+                    upstreams,
+                    balance,
+                    ca,
+                    origins,
                     auth,
                 });
             }
         }
         out
+    }
+
+    /// One URL, or a non-empty list of URLs (a pool).
+    fn upstreams(&mut self, v: &Value, path: &str) -> Vec<UpstreamConfig> {
+        let entries: Vec<(&Value, String)> = match v {
+            Value::Array(items) => {
+                if items.is_empty() {
+                    self.err(path, "at least one upstream URL is required");
+                }
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (e, idx(path, i)))
+                    .collect()
+            }
+            other => vec![(other, path.to_string())],
+        };
+        let mut out: Vec<UpstreamConfig> = Vec::new();
+        for (e, p) in entries {
+            let Some(u) = self.string(e, &p) else {
+                continue;
+            };
+            match validate::upstream_url(&u) {
+                Ok(up) => {
+                    if out.iter().any(|o| o.host == up.host && o.port == up.port) {
+                        self.err(&p, "this server is listed twice");
+                    } else {
+                        out.push(up);
+                    }
+                }
+                Err(msg) => self.err(&p, msg),
+            }
+        }
+        out
+    }
+
+    fn balance(&mut self, v: &Value, path: &str) -> Option<Balance> {
+        let s = self.string(v, path)?;
+        match s.as_str() {
+            "round_robin" => Some(Balance::RoundRobin),
+            "least_connections" => Some(Balance::LeastConnections),
+            "client_ip" => Some(Balance::ClientIp),
+            other => {
+                self.err(
+                    path,
+                    format!(
+                        "unknown balance \"{}\" (expected round_robin, least_connections or client_ip)",
+                        other.escape_debug()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn origins(&mut self, v: &Value, path: &str) -> Option<Vec<OriginPattern>> {
+        let items = self.list(v, path)?;
+        if items.is_empty() {
+            self.err(
+                path,
+                "an empty list would refuse every browser: remove the key to allow any origin",
+            );
+        }
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let p = idx(path, i);
+            let Some(s) = self.string(item, &p) else {
+                continue;
+            };
+            match validate::origin(&s) {
+                Ok(o) => out.push(o),
+                Err(m) => self.err(p, m),
+            }
+        }
+        Some(out)
     }
 
     fn route_auth(&mut self, v: &Value, path: &str, defined: &BTreeSet<String>) -> Vec<String> {
@@ -770,6 +920,8 @@ impl Walker<'_> {
             ("request_header", 10),
             ("upstream_connect", 5),
             ("upstream_response", 30),
+            ("tunnel_idle", 3600),
+            ("upstream_retry", 10),
         ];
         let section = self.section(root, "timeouts", TIMEOUT_KEYS);
         let mut values = defaults.map(|(_, secs)| Duration::from_secs(secs));
@@ -777,7 +929,7 @@ impl Walker<'_> {
             for ((key, secs), value) in defaults.iter().zip(values.iter_mut()) {
                 let p = at("timeouts", key);
                 *value = self.opt_duration(m, "timeouts", key, Duration::from_secs(*secs));
-                if value.is_zero() {
+                if value.is_zero() && *key != "tunnel_idle" {
                     // A zero timeout would fail every connection.
                     self.err(p, "must be greater than 0s");
                 }
@@ -788,31 +940,46 @@ impl Walker<'_> {
             request_header,
             upstream_connect,
             upstream_response,
+            tunnel_idle,
+            upstream_retry,
         ] = values;
         TimeoutsConfig {
             tls_handshake,
             request_header,
             upstream_connect,
             upstream_response,
+            tunnel_idle,
+            upstream_retry,
         }
     }
 
     fn limits(&mut self, root: &Map<String, Value>) -> LimitsConfig {
         let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-        match self.section(root, "limits", LIMIT_KEYS) {
-            Some(m) => LimitsConfig {
-                max_connections: self.opt_positive_int(m, "limits", "max_connections", 10_000),
-                max_concurrent_hashes: self.opt_positive_int(
-                    m,
-                    "limits",
-                    "max_concurrent_hashes",
-                    cpus,
-                ),
-            },
-            None => LimitsConfig {
-                max_connections: 10_000,
-                max_concurrent_hashes: cpus,
-            },
+        let empty = Map::new();
+        let m = self.section(root, "limits", LIMIT_KEYS).unwrap_or(&empty);
+        let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        LimitsConfig {
+            max_connections: self.opt_positive_int(m, "limits", "max_connections", 10_000),
+            max_concurrent_hashes: self.opt_positive_int(
+                m,
+                "limits",
+                "max_concurrent_hashes",
+                cpus,
+            ),
+            max_connections_per_ip: self.opt_count(m, "limits", "max_connections_per_ip", 256),
+            handshake_rate_per_ip: to_u32(self.opt_count(m, "limits", "handshake_rate_per_ip", 20)),
+            handshake_burst_per_ip: to_u32(self.opt_positive_int(
+                m,
+                "limits",
+                "handshake_burst_per_ip",
+                40,
+            )),
+            max_pending_handshakes: self.opt_positive_int(
+                m,
+                "limits",
+                "max_pending_handshakes",
+                1024,
+            ),
         }
     }
 }

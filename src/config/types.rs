@@ -27,6 +27,8 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     /// Resource limits.
     pub limits: LimitsConfig,
+    /// Peers whose `X-Forwarded-For` is believed; `None` = append to whatever the client sent.
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
 }
 
 /// One accepting socket, plain or TLS.
@@ -36,6 +38,8 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// TLS material; `None` for a plain ws:// listener.
     pub tls: Option<TlsFiles>,
+    /// Expect a PROXY protocol v1/v2 header before anything else (opt-in).
+    pub proxy_protocol: bool,
 }
 
 /// Certificate chain and key files for a TLS listener.
@@ -117,10 +121,62 @@ impl std::fmt::Debug for JwtKey {
 pub struct RouteConfig {
     /// Path prefix: starts with `/`, no trailing `/` (except the root `/`), no `?`/`#`.
     pub path: String,
-    /// Where accepted requests go.
-    pub upstream: UpstreamConfig,
+    /// Where accepted requests go: one or more servers (a pool).
+    pub upstreams: Vec<UpstreamConfig>,
+    /// How a pool picks a server.
+    pub balance: Balance,
+    /// CA file trusted for `wss://` upstreams instead of the system roots.
+    pub ca: Option<PathBuf>,
+    /// Allowed browser `Origin`s; `None` = any origin.
+    pub origins: Option<Vec<OriginPattern>>,
     /// Names of authenticators (keys of `Config::auth`); empty = open route.
     pub auth: Vec<String>,
+}
+
+/// How a route with several upstream servers picks one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Next healthy server in turn.
+    RoundRobin,
+    /// The healthy server with the fewest open connections.
+    LeastConnections,
+    /// Same client IP → same server while it is healthy (Socket.IO polling needs this).
+    ClientIp,
+}
+
+/// One allowed `Origin`: exact, or `scheme://*.domain[:port]` for any subdomain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// Compared case-insensitively with the whole `Origin` header.
+    Exact(String),
+    /// `scheme://` + any non-empty subdomain label(s) + `.suffix` (+ port as written).
+    Wildcard {
+        /// e.g. `https://`
+        scheme: String,
+        /// e.g. `.example.com` (with the leading dot), including `:port` if given.
+        suffix: String,
+    },
+}
+
+impl OriginPattern {
+    /// Whether a browser `Origin` value matches.
+    pub fn matches(&self, origin: &str) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        match self {
+            OriginPattern::Exact(o) => origin == *o,
+            OriginPattern::Wildcard { scheme, suffix } => origin
+                .strip_prefix(scheme.as_str())
+                .and_then(|rest| rest.strip_suffix(suffix.as_str()))
+                .is_some_and(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                        && !label.starts_with('.')
+                        && !label.ends_with('.')
+                }),
+        }
+    }
 }
 
 /// A parsed `ws://` / `wss://` upstream URL.
@@ -154,6 +210,10 @@ pub struct TimeoutsConfig {
     pub upstream_connect: Duration,
     /// Waiting for the upstream's response head (default 30s); exceeded = 504.
     pub upstream_response: Duration,
+    /// A tunnel with no bytes either way for this long is closed (default 1h; 0 = never).
+    pub tunnel_idle: Duration,
+    /// How long a pool server that failed to connect is skipped (default 10s).
+    pub upstream_retry: Duration,
 }
 
 /// `limits:` section.
@@ -163,4 +223,12 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Concurrent password-hash verifications (default: number of CPUs).
     pub max_concurrent_hashes: usize,
+    /// Open connections per client IP (default 256; 0 = unlimited).
+    pub max_connections_per_ip: usize,
+    /// Sustained upgrade handshakes per second per client IP (default 20; 0 = unlimited).
+    pub handshake_rate_per_ip: u32,
+    /// Burst of handshakes allowed above the rate (default 40).
+    pub handshake_burst_per_ip: u32,
+    /// Connections accepted but not yet past their first request (default 1024).
+    pub max_pending_handshakes: usize,
 }

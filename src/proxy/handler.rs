@@ -3,8 +3,8 @@
 //! Holds no sockets of its own: it gets a request and returns a response; the upstream
 //! leg and the tunnel are started from here but live in `upstream` and `splice`.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -13,6 +13,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
+
+use crate::balance::ActiveGuard;
+use crate::limits::IpSlot;
 
 use crate::auth::{Admission, AuthFailure, Consumed};
 use crate::metrics::{NO_ROUTE, Outcome};
@@ -39,14 +42,25 @@ pub struct ClientConn {
     pub tls: bool,
 }
 
+/// The limit slots one client connection holds; tunnels keep them until they close.
+#[derive(Debug)]
+pub struct ConnPermits {
+    /// One of `limits.max_connections`.
+    pub connection: OwnedSemaphorePermit,
+    /// One of the client IP's `limits.max_connections_per_ip`.
+    pub ip_slot: IpSlot,
+    /// One of `limits.max_pending_handshakes`, given back once the first request is answered.
+    pub pending: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
 /// Serves requests of one client connection against one runtime snapshot.
 #[derive(Clone)]
 pub struct Handler {
     runtime: Arc<Runtime>,
     client: Arc<ClientConn>,
     shared: Arc<Shared>,
-    // Moved into the tunnel on upgrade, so the connection limit counts open tunnels.
-    permit: Option<Arc<OwnedSemaphorePermit>>,
+    // Moved into the tunnel on upgrade, so the limits count open tunnels.
+    permits: Arc<ConnPermits>,
 }
 
 impl Handler {
@@ -55,13 +69,13 @@ impl Handler {
         runtime: Arc<Runtime>,
         client: ClientConn,
         shared: Arc<Shared>,
-        permit: Option<Arc<OwnedSemaphorePermit>>,
+        permits: ConnPermits,
     ) -> Self {
         Handler {
             runtime,
             client: Arc::new(client),
             shared,
-            permit,
+            permits: Arc::new(permits),
         }
     }
 
@@ -71,8 +85,20 @@ impl Handler {
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
         let started = Instant::now();
+        // The pending-handshake slot covers accept → first response; later requests on a
+        // keep-alive connection don't hold one.
+        let pending = self
+            .permits
+            .pending
+            .lock()
+            .map(|mut p| p.take())
+            .unwrap_or(None);
         let upgrade = is_websocket_upgrade(&req);
-        let (route_label, result) = self.route_and_forward(req, upgrade, started).await;
+        let client_ip = self.client_ip(req.headers());
+        let (route_label, result) = self
+            .route_and_forward(req, upgrade, client_ip, started)
+            .await;
+        drop(pending);
         Ok(match result {
             Ok(resp) => resp,
             Err(refusal) => {
@@ -82,11 +108,13 @@ impl Handler {
                         .handshake(&route_label, refusal.outcome());
                 }
                 tracing::info!(
+                    target: "wsgate::access",
                     route = %route_label,
-                    client = %self.client.peer.ip(),
+                    client = %client_ip,
                     status = refusal.status().as_u16(),
                     outcome = refusal.outcome().as_str(),
                     upgrade,
+                    duration_ms = started.elapsed().as_millis() as u64,
                     "request refused"
                 );
                 refusal.into_response()
@@ -98,6 +126,7 @@ impl Handler {
         &self,
         mut req: Request<Incoming>,
         upgrade: bool,
+        client_ip: IpAddr,
         started: Instant,
     ) -> (String, Result<Response<ProxyBody>, Refusal>) {
         if !crate::route::is_acceptable_path(req.uri().path()) {
@@ -110,6 +139,31 @@ impl Handler {
             return (NO_ROUTE.to_owned(), Err(Refusal::NotFound));
         };
         let label = route.path.clone();
+        // Cross-site WebSocket hijacking: browsers attach cookies and cached credentials to
+        // cross-origin upgrades, so a foreign Origin is refused before credentials are read.
+        if let (Some(allowed), Some(origin)) = (&route.origins, req.headers().get(header::ORIGIN)) {
+            let ok = origin
+                .to_str()
+                .is_ok_and(|o| allowed.iter().any(|p| p.matches(o)));
+            if !ok {
+                return (label, Err(Refusal::Forbidden));
+            }
+        }
+        if upgrade {
+            let limits = &self.runtime.config.limits;
+            if let Err(wait) = self.shared.limits.try_handshake(
+                client_ip,
+                limits.handshake_rate_per_ip,
+                limits.handshake_burst_per_ip,
+            ) {
+                return (
+                    label,
+                    Err(Refusal::TooManyRequests {
+                        retry_after: wait.as_secs_f64().ceil() as u64,
+                    }),
+                );
+            }
+        }
         if upgrade && let Err(refusal) = check_websocket_request(&req) {
             return (label, Err(refusal));
         }
@@ -132,10 +186,11 @@ impl Handler {
         };
         let result = if upgrade {
             let client_upgrade = hyper::upgrade::on(&mut req);
-            self.forward_upgrade(req, client_upgrade, &route, admission, started)
+            self.forward_upgrade(req, client_upgrade, &route, admission, client_ip, started)
                 .await
         } else {
-            self.forward_http(req, &route, admission.as_ref()).await
+            self.forward_http(req, &route, admission.as_ref(), client_ip)
+                .await
         };
         (label, result)
     }
@@ -146,21 +201,23 @@ impl Handler {
         client_upgrade: hyper::upgrade::OnUpgrade,
         route: &Arc<Route>,
         admission: Option<Admission>,
+        client_ip: IpAddr,
         started: Instant,
     ) -> Result<Response<ProxyBody>, Refusal> {
         let (parts, _body) = req.into_parts();
         let up_req = self.upstream_request(
             &parts,
             admission.as_ref(),
+            client_ip,
             true,
             http_body_util::Empty::<bytes::Bytes>::new(),
         )?;
-        let mut resp = self.exchange(route, up_req).await?;
+        let (mut resp, server_guard, server) = self.exchange(route, client_ip, up_req).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             route.metrics.handshake(Outcome::UpstreamRejected);
             tracing::info!(
                 route = %route.path,
-                client = %self.client.peer.ip(),
+                client = %client_ip,
                 status = resp.status().as_u16(),
                 "upstream refused the upgrade"
             );
@@ -187,12 +244,12 @@ impl Handler {
             .observe(started.elapsed().as_secs_f64());
 
         let route = route.clone();
-        let client = self.client.clone();
         let stop = self.shared.hard_stop.clone();
-        let permit = self.permit.clone();
+        let permits = self.permits.clone();
+        let idle = self.runtime.config.timeouts.tunnel_idle;
         let user = admission.map(|a| a.identity.user);
         self.shared.tracker.spawn(async move {
-            let _permit = permit;
+            let _held = (permits, server_guard);
             let (c, u) = match tokio::join!(client_upgrade, upstream_upgrade) {
                 (Ok(c), Ok(u)) => (c, u),
                 (c, u) => {
@@ -206,19 +263,24 @@ impl Handler {
             };
             let opened = Instant::now();
             let report =
-                splice::splice(TokioIo::new(c), TokioIo::new(u), &route.metrics, stop).await;
+                splice::splice(TokioIo::new(c), TokioIo::new(u), &route.metrics, idle, stop).await;
             tracing::info!(
+                target: "wsgate::access",
                 route = %route.path,
-                client = %client.peer.ip(),
+                client = %client_ip,
                 user = user.as_deref().unwrap_or("-"),
+                upstream = %server,
+                status = 101,
                 duration_ms = opened.elapsed().as_millis() as u64,
                 bytes_in = report.client_to_upstream,
                 bytes_out = report.upstream_to_client,
                 ended = match report.ended {
                     Ended::Closed => "closed",
                     Ended::Error => "error",
+                    Ended::Idle => "idle",
                     Ended::Shutdown => "shutdown",
                 },
+                closed_by = report.closed_by.as_str(),
                 "tunnel closed"
             );
         });
@@ -230,10 +292,11 @@ impl Handler {
         req: Request<Incoming>,
         route: &Arc<Route>,
         admission: Option<&Admission>,
+        client_ip: IpAddr,
     ) -> Result<Response<ProxyBody>, Refusal> {
         let (parts, body) = req.into_parts();
-        let up_req = self.upstream_request(&parts, admission, false, body)?;
-        let resp = self.exchange(route, up_req).await?;
+        let up_req = self.upstream_request(&parts, admission, client_ip, false, body)?;
+        let (resp, _guard, _) = self.exchange(route, client_ip, up_req).await?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             // We did not ask for an upgrade; relaying one would leave a half-open tunnel.
             return Err(Refusal::BadGateway);
@@ -243,37 +306,84 @@ impl Handler {
         Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
 
+    /// Connects to the route's servers in the pool's order (a failed connect marks the
+    /// server down and moves on) and sends the request to the first that accepts.
     async fn exchange<B>(
         &self,
         route: &Route,
+        client_ip: IpAddr,
         req: Request<B>,
-    ) -> Result<Response<Incoming>, Refusal>
+    ) -> Result<(Response<Incoming>, ActiveGuard, String), Refusal>
     where
         B: hyper::body::Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let timeouts = &self.runtime.config.timeouts;
-        let result = async {
-            let stream = crate::upstream::connect(
-                &route.upstream,
-                self.runtime.upstream_tls.as_ref(),
+        let mut last_error = None;
+        for server in route.pool.candidates(client_ip) {
+            let connected = crate::upstream::connect(
+                &server.config,
+                route.upstream_tls.as_ref(),
                 timeouts.upstream_connect,
             )
-            .await?;
-            crate::upstream::send(
+            .await;
+            let stream = match connected {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(route = %route.path, upstream = %server.addr, error = %e, "upstream connect failed");
+                    route.pool.mark_failed(&server);
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            route.pool.mark_ok(&server);
+            let guard = route.pool.track(&server);
+            return match crate::upstream::send(
                 stream,
-                &route.upstream_addr,
+                &server.addr,
                 req,
                 timeouts.upstream_response,
             )
             .await
+            {
+                Ok(resp) => Ok((resp, guard, server.addr.clone())),
+                Err(e) => {
+                    tracing::warn!(route = %route.path, upstream = %server.addr, error = %e, "upstream failed");
+                    Err(Refusal::from(&e))
+                }
+            };
         }
-        .await;
-        result.map_err(|e| {
-            tracing::warn!(route = %route.path, upstream = %route.upstream_addr, error = %e, "upstream failed");
-            Refusal::from(&e)
-        })
+        Err(last_error
+            .as_ref()
+            .map(Refusal::from)
+            .unwrap_or(Refusal::BadGateway))
+    }
+
+    /// The client's address: the socket peer, or with `trusted_proxies` and a trusted
+    /// peer, the nearest untrusted address in `X-Forwarded-For`.
+    fn client_ip(&self, headers: &HeaderMap) -> IpAddr {
+        let peer = self.client.peer.ip();
+        let Some(trusted) = &self.runtime.config.trusted_proxies else {
+            return peer;
+        };
+        let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+        if !is_trusted(&peer) {
+            return peer;
+        }
+        let hops: Vec<IpAddr> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|h| h.trim().parse().ok())
+            .collect();
+        hops.iter()
+            .rev()
+            .find(|ip| !is_trusted(ip))
+            .or(hops.first())
+            .copied()
+            .unwrap_or(peer)
     }
 
     /// The request as the upstream sees it: credential removed, forwarding headers added.
@@ -281,6 +391,7 @@ impl Handler {
         &self,
         parts: &http::request::Parts,
         admission: Option<&Admission>,
+        client_ip: IpAddr,
         upgrade: bool,
         body: B,
     ) -> Result<Request<B>, Refusal> {
@@ -302,13 +413,19 @@ impl Handler {
                 .map_err(|_| Refusal::BadRequest("identity not representable in a header"))?;
             headers.insert(X_AUTH_USER, user);
         }
-        let peer_ip = self.client.peer.ip().to_string();
-        let xff = match joined(&headers, &X_FORWARDED_FOR) {
+        let peer_ip = self.client.peer.ip();
+        // Without trusted_proxies the client's list is kept and extended (nginx's
+        // $proxy_add_x_forwarded_for); with it, an untrusted peer's list is replaced.
+        let keep = match &self.runtime.config.trusted_proxies {
+            None => true,
+            Some(trusted) => trusted.iter().any(|n| n.contains(&peer_ip)),
+        };
+        let xff = match joined(&headers, &X_FORWARDED_FOR).filter(|_| keep) {
             Some(prev) => format!("{prev}, {peer_ip}"),
-            None => peer_ip.clone(),
+            None => peer_ip.to_string(),
         };
         set(&mut headers, X_FORWARDED_FOR, &xff)?;
-        set(&mut headers, X_REAL_IP, &peer_ip)?;
+        set(&mut headers, X_REAL_IP, &client_ip.to_string())?;
         headers.insert(
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if self.client.tls { "https" } else { "http" }),

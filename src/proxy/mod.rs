@@ -5,9 +5,13 @@ pub mod conn;
 pub mod handler;
 pub mod response;
 
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 
 /// Process-wide pieces every connection shares.
@@ -20,4 +24,10 @@ pub struct Shared {
     pub draining: CancellationToken,
     /// Fired at the drain deadline: close every tunnel still open.
     pub hard_stop: CancellationToken,
+    /// Per-client-IP connection counts and handshake buckets.
+    pub limits: Arc<Limits>,
+    /// Open client connections (`limits.max_connections`).
+    pub connections: Arc<Semaphore>,
+    /// Connections not yet past their first request (`limits.max_pending_handshakes`).
+    pub pending: Arc<Semaphore>,
 }

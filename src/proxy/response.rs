@@ -35,6 +35,13 @@ pub enum Refusal {
     },
     /// Too many password verifications in flight.
     Busy,
+    /// Refused by policy (a browser `Origin` not on the route's list).
+    Forbidden,
+    /// The client IP exceeded its handshake rate; retry after this many seconds.
+    TooManyRequests {
+        /// `Retry-After` seconds.
+        retry_after: u64,
+    },
     /// Upstream unreachable or broken.
     BadGateway,
     /// Upstream too slow.
@@ -50,6 +57,8 @@ impl Refusal {
             Refusal::NotFound => StatusCode::NOT_FOUND,
             Refusal::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Refusal::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Forbidden => StatusCode::FORBIDDEN,
+            Refusal::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -61,7 +70,8 @@ impl Refusal {
             Refusal::BadRequest(_) | Refusal::UpgradeRequired => Outcome::BadRequest,
             Refusal::NotFound => Outcome::NotFound,
             Refusal::Unauthorized { .. } => Outcome::Unauthorized,
-            Refusal::Busy => Outcome::Limited,
+            Refusal::Busy | Refusal::TooManyRequests { .. } => Outcome::Limited,
+            Refusal::Forbidden => Outcome::Forbidden,
             Refusal::BadGateway => Outcome::UpstreamError,
             Refusal::GatewayTimeout => Outcome::Timeout,
         }
@@ -99,6 +109,9 @@ impl Refusal {
             }
             Refusal::Busy => {
                 h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Refusal::TooManyRequests { retry_after } => {
+                h.insert(RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
             }
             _ => {}
         }
