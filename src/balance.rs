@@ -106,7 +106,7 @@ impl Pool {
                 let mut v: Vec<(u64, usize)> = (0..n)
                     .map(|i| (rendezvous(client, &self.servers[i].addr), i))
                     .collect();
-                v.sort_by(|a, b| b.0.cmp(&a.0));
+                v.sort_by_key(|e| std::cmp::Reverse(e.0));
                 v.into_iter().map(|(_, i)| i).collect()
             }
         };

@@ -77,6 +77,7 @@ pub struct Gateway {
     listeners: Vec<BoundListener>,
     admin: Option<TcpListener>,
     upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    config_path: Option<std::path::PathBuf>,
 }
 
 /// Swaps in a new configuration while the gateway runs (SIGHUP, tests).
@@ -125,6 +126,7 @@ impl Gateway {
             listeners,
             admin,
             upstream_tls,
+            config_path: None,
         })
     }
 
@@ -146,6 +148,11 @@ impl Gateway {
         self.shared.metrics.clone()
     }
 
+    /// Names the config file, which enables `POST /reload` on the admin listener.
+    pub fn set_config_path(&mut self, path: impl Into<std::path::PathBuf>) {
+        self.config_path = Some(path.into());
+    }
+
     /// A handle that swaps in new configurations.
     pub fn reloader(&self) -> Reloader {
         Reloader {
@@ -158,19 +165,28 @@ impl Gateway {
 
     /// Serves until `shutdown` completes, then drains: stop accepting, `/readyz` 503,
     /// wait for open connections up to `shutdown.drain_timeout`, close the rest.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let admin_stop = CancellationToken::new();
         let mut loops = Vec::new();
-        for l in self.listeners {
+        for l in std::mem::take(&mut self.listeners) {
             loops.push(tokio::spawn(listener::accept_loop(
                 l,
                 self.state.clone(),
                 self.shared.clone(),
             )));
         }
-        let admin_task = self
-            .admin
-            .map(|a| tokio::spawn(admin::serve(a, self.shared.clone(), admin_stop.clone())));
+        let reload = self.config_path.clone().map(|path| admin::ReloadTarget {
+            reloader: self.reloader(),
+            path,
+        });
+        let admin_task = self.admin.take().map(|a| {
+            tokio::spawn(admin::serve(
+                a,
+                self.shared.clone(),
+                reload,
+                admin_stop.clone(),
+            ))
+        });
 
         shutdown.await;
         let drain = self.state.load().config.shutdown.drain_timeout;

@@ -217,7 +217,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let gateway = match wsgate::Gateway::bind(config).await {
+        let mut gateway = match wsgate::Gateway::bind(config).await {
             Ok(g) => g,
             Err(wsgate::StartError::Config(errors)) => {
                 print_errors(&errors);
@@ -234,6 +234,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         if let Some(addr) = gateway.admin_addr() {
             tracing::info!(%addr, "admin listening");
         }
+        gateway.set_config_path(path);
         let reloader = gateway.reloader();
         let reload_path = path.to_path_buf();
         tokio::spawn(async move { reload_on_sighup(reloader, reload_path).await });

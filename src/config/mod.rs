@@ -822,9 +822,15 @@ routes:
         assert!(!o[0].matches("https://app.example.com.evil.net"));
         assert!(o[1].matches("https://a.example.com:8443"));
         assert!(o[1].matches("https://a.b.example.com:8443"));
-        assert!(!o[1].matches("https://example.com:8443"), "the bare domain is not a subdomain");
+        assert!(
+            !o[1].matches("https://example.com:8443"),
+            "the bare domain is not a subdomain"
+        );
         assert!(!o[1].matches("https://a.example.com"), "port must match");
-        assert!(!o[1].matches("http://a.example.com:8443"), "scheme must match");
+        assert!(
+            !o[1].matches("http://a.example.com:8443"),
+            "scheme must match"
+        );
         assert!(!o[1].matches("https://evil.com/.example.com:8443"));
     }
 

@@ -232,6 +232,59 @@ pub(crate) fn query_param(name: &str) -> Result<(), String> {
     }
 }
 
+/// A CIDR (`10.0.0.0/8`, `::1/128`) or a single IP (taken as a host route).
+pub(crate) fn cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    let t = text.trim();
+    if let Ok(net) = t.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    if let Ok(ip) = t.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    Err(format!(
+        "\"{}\" is not an IP address or CIDR (e.g. 10.0.0.0/8, 192.0.2.7, ::1/128)",
+        t.escape_debug()
+    ))
+}
+
+/// An allowed origin: `https://app.example.com[:port]` or `https://*.example.com[:port]`.
+pub(crate) fn origin(text: &str) -> Result<OriginPattern, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let bad = || {
+        format!(
+            "\"{}\" is not an origin: write scheme://host[:port] (e.g. https://app.example.com) or \
+             https://*.example.com, without a path",
+            text.escape_debug()
+        )
+    };
+    let (scheme, rest) = t.split_once("://").ok_or_else(bad)?;
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+        || rest.is_empty()
+        || rest.contains('/')
+        || rest.contains('?')
+        || rest.contains('#')
+        || rest.contains('@')
+    {
+        return Err(bad());
+    }
+    if let Some(suffix) = rest.strip_prefix("*.") {
+        if suffix.is_empty() || suffix.contains('*') {
+            return Err(bad());
+        }
+        return Ok(OriginPattern::Wildcard {
+            scheme: format!("{scheme}://"),
+            suffix: format!(".{suffix}"),
+        });
+    }
+    if rest.contains('*') {
+        return Err(bad());
+    }
+    Ok(OriginPattern::Exact(t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,57 +420,4 @@ mod tests {
         assert!(query_param("a&b").is_err());
         assert!(query_param("a=b").is_err());
     }
-}
-
-/// A CIDR (`10.0.0.0/8`, `::1/128`) or a single IP (taken as a host route).
-pub(crate) fn cidr(text: &str) -> Result<ipnet::IpNet, String> {
-    let t = text.trim();
-    if let Ok(net) = t.parse::<ipnet::IpNet>() {
-        return Ok(net.trunc());
-    }
-    if let Ok(ip) = t.parse::<std::net::IpAddr>() {
-        return Ok(ipnet::IpNet::from(ip));
-    }
-    Err(format!(
-        "\"{}\" is not an IP address or CIDR (e.g. 10.0.0.0/8, 192.0.2.7, ::1/128)",
-        t.escape_debug()
-    ))
-}
-
-/// An allowed origin: `https://app.example.com[:port]` or `https://*.example.com[:port]`.
-pub(crate) fn origin(text: &str) -> Result<OriginPattern, String> {
-    let t = text.trim().to_ascii_lowercase();
-    let bad = || {
-        format!(
-            "\"{}\" is not an origin: write scheme://host[:port] (e.g. https://app.example.com) or \
-             https://*.example.com, without a path",
-            text.escape_debug()
-        )
-    };
-    let (scheme, rest) = t.split_once("://").ok_or_else(bad)?;
-    if scheme.is_empty()
-        || !scheme
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
-        || rest.is_empty()
-        || rest.contains('/')
-        || rest.contains('?')
-        || rest.contains('#')
-        || rest.contains('@')
-    {
-        return Err(bad());
-    }
-    if let Some(suffix) = rest.strip_prefix("*.") {
-        if suffix.is_empty() || suffix.contains('*') {
-            return Err(bad());
-        }
-        return Ok(OriginPattern::Wildcard {
-            scheme: format!("{scheme}://"),
-            suffix: format!(".{suffix}"),
-        });
-    }
-    if rest.contains('*') {
-        return Err(bad());
-    }
-    Ok(OriginPattern::Exact(t))
 }

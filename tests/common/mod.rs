@@ -49,7 +49,12 @@ pub struct EchoUpstream {
 
 impl EchoUpstream {
     pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("upstream saw no request")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
     }
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
@@ -89,7 +94,14 @@ pub async fn echo_upstream() -> EchoUpstream {
                             .push(v.to_str().unwrap_or("").to_string());
                     }
                     if let Some(p) = req.headers().get("sec-websocket-protocol") {
-                        let first = p.to_str().unwrap().split(',').next().unwrap().trim().to_string();
+                        let first = p
+                            .to_str()
+                            .unwrap()
+                            .split(',')
+                            .next()
+                            .unwrap()
+                            .trim()
+                            .to_string();
                         resp.headers_mut()
                             .insert("sec-websocket-protocol", first.parse().unwrap());
                     }
@@ -105,17 +117,12 @@ pub async fn echo_upstream() -> EchoUpstream {
                     return;
                 };
                 while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(msg).await.is_err() {
-                                return;
-                            }
-                        }
-                        Message::Close(_) => {
-                            let _ = ws.close(None).await;
-                            return;
-                        }
-                        _ => {}
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg.clone()).await.is_err() {
+                        return;
+                    }
+                    if msg.is_close() {
+                        let _ = ws.close(None).await;
+                        return;
                     }
                 }
             });
@@ -295,14 +302,11 @@ pub async fn start_gate(files: Files, yaml: &str) -> Gate {
         "WSGATE_JWT_SECRET" => Some(JWT_SECRET.to_string()),
         _ => std::env::var(name).ok(),
     };
-    let config = wsgate::config::parse_str(
-        &yaml,
-        Path::new("test.yaml"),
-        files.dir.path(),
-        &env,
-    )
-    .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-    let gateway = wsgate::Gateway::bind(config).await.unwrap_or_else(|e| panic!("bind: {e}"));
+    let config = wsgate::config::parse_str(&yaml, Path::new("test.yaml"), files.dir.path(), &env)
+        .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    let gateway = wsgate::Gateway::bind(config)
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
     let addrs = gateway.listener_addrs();
     let admin = gateway.admin_addr();
     let reloader = gateway.reloader();
@@ -348,10 +352,9 @@ pub async fn read_response(s: &mut TcpStream) -> (u16, String, String) {
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .and_then(|v| v.trim().parse::<usize>().ok())
+                && buf.len() >= pos + 4 + len
             {
-                if buf.len() >= pos + 4 + len {
-                    break;
-                }
+                break;
             }
         }
     }

@@ -1,0 +1,402 @@
+//! The admin listener (health, readiness, metrics), the drain and live reloads.
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// YAML for a gateway on 127.0.0.1:0 with an admin listener, routes and extra sections.
+fn config(routes: &[(&str, SocketAddr)], extra: &str) -> String {
+    let mut y = String::from(
+        "listeners:\n  - bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n",
+    );
+    for (path, addr) in routes {
+        y.push_str(&format!("  - path: {path}\n    upstream: ws://{addr}\n"));
+    }
+    y.push_str(extra);
+    y
+}
+
+/// Routes `/ws` (open) and `/private` (Basic, `users.htpasswd` in the temp dir) to `up`.
+fn auth_config(up: SocketAddr) -> String {
+    format!(
+        "{}  - path: /private\n    upstream: ws://{up}\n    auth: [users]\nauth:\n  users:\n    type: basic\n    realm: wsgate\n    htpasswd: users.htpasswd\n",
+        config(&[("/ws", up)], "")
+    )
+}
+
+fn active(route: &str) -> String {
+    format!("wsgate_connections_active{{route=\"{route}\"}}")
+}
+
+async fn open(gate: &Gate, path: &str) -> Ws {
+    let (mut ws, _) = ws_connect(&gate.ws_url(path), &[])
+        .await
+        .unwrap_or_else(|e| panic!("connect {path}: {e}"));
+    echo_roundtrip(&mut ws, "hello").await;
+    ws
+}
+
+/// Closes a tunnel cleanly and waits for the end of its stream.
+async fn close(mut ws: Ws) {
+    let _ = ws.close(None).await;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+}
+
+/// Waits for the end of `ws` (None, an error or a close frame then end); the elapsed time.
+async fn wait_end(ws: &mut Ws, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    tokio::time::timeout(within, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|_| started.elapsed())
+}
+
+/// Whether a new client is turned away (connect refused, or closed without an answer).
+async fn refused(addr: SocketAddr) -> bool {
+    let Ok(Ok(mut s)) =
+        tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await
+    else {
+        return true;
+    };
+    if s.write_all(upgrade_request("/ws", "").as_bytes())
+        .await
+        .is_err()
+    {
+        return true;
+    }
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+fn parse(gate: &Gate, yaml: &str) -> wsgate::config::Config {
+    let yaml = yaml.replace("{dir}", &gate.files.dir.path().display().to_string());
+    let env = |name: &str| match name {
+        "WSGATE_JWT_SECRET" => Some(JWT_SECRET.to_string()),
+        _ => None,
+    };
+    wsgate::config::parse_str(&yaml, Path::new("test.yaml"), gate.files.dir.path(), &env)
+        .unwrap_or_else(|e| panic!("reload config invalid:\n{e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn health_readiness_and_unknown_paths() {
+    let echo = echo_upstream().await;
+    let gate = start_gate(Files::new(), &config(&[("/ws", echo.addr)], "")).await;
+    assert_eq!(gate.admin_get("/healthz").await.0, 200);
+    assert_eq!(gate.admin_get("/readyz").await.0, 200);
+    assert_eq!(gate.admin_get("/nope").await.0, 404);
+    assert_eq!(gate.admin_get("/metrics/extra").await.0, 404);
+    let admin = gate.admin.unwrap();
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let (status, head, _) = http_request(
+            admin,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            ),
+        )
+        .await;
+        assert_eq!(status, 405, "POST {path}: {head}");
+    }
+    let (status, head, _) = http_request(
+        admin,
+        "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        head_header(&head, "content-type")
+            .unwrap_or_default()
+            .starts_with("text/plain"),
+        "{head}"
+    );
+}
+
+#[tokio::test]
+async fn drain_keeps_open_tunnels_and_refuses_new_clients() {
+    let echo = echo_upstream().await;
+    let mut gate = start_gate(
+        Files::new(),
+        &config(&[("/ws", echo.addr)], "shutdown:\n  drain_timeout: 5s\n"),
+    )
+    .await;
+    let mut ws = open(&gate, "/ws").await;
+    gate.shutdown();
+
+    let mut ready = 0;
+    for _ in 0..50 {
+        ready = gate.admin_get("/readyz").await.0;
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready, 503, "/readyz while draining");
+    assert_eq!(
+        gate.admin_get("/healthz").await.0,
+        200,
+        "healthz while draining"
+    );
+
+    let mut turned_away = false;
+    for _ in 0..20 {
+        if refused(gate.addr()).await {
+            turned_away = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(turned_away, "a new client was served while draining");
+
+    // The open tunnel still works, for a while.
+    echo_roundtrip(&mut ws, "during drain").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    echo_roundtrip(&mut ws, "still during drain").await;
+    assert!(
+        !gate.task.is_finished(),
+        "gateway stopped with a tunnel open"
+    );
+
+    let closed = Instant::now();
+    close(ws).await;
+    tokio::time::timeout(Duration::from_secs(3), &mut gate.task)
+        .await
+        .expect("gateway did not stop after the last tunnel closed")
+        .unwrap();
+    assert!(
+        closed.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        closed.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn drain_deadline_closes_remaining_tunnels() {
+    let echo = echo_upstream().await;
+    let mut gate = start_gate(
+        Files::new(),
+        &config(&[("/ws", echo.addr)], "shutdown:\n  drain_timeout: 1s\n"),
+    )
+    .await;
+    let mut ws = open(&gate, "/ws").await;
+    let started = Instant::now();
+    gate.shutdown();
+    let ended = wait_end(&mut ws, Duration::from_secs(5))
+        .await
+        .expect("the tunnel outlived the drain deadline");
+    assert!(
+        ended >= Duration::from_millis(800),
+        "tunnel closed after {ended:?}, before the 1s deadline"
+    );
+    tokio::time::timeout(Duration::from_secs(4), &mut gate.task)
+        .await
+        .expect("gateway did not stop after the drain deadline")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "stop took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn metrics_names_and_active_gauge() {
+    let echo = echo_upstream().await;
+    let files = Files::new();
+    files.write("users.htpasswd", &htpasswd_line("alice", "wonderland"));
+    let gate = start_gate(files, &auth_config(echo.addr)).await;
+    // Series with an outcome/reason label exist once something was counted.
+    let (status, _, _) = http_request(gate.addr(), &upgrade_request("/private", "")).await;
+    assert_eq!(status, 401);
+    let text = gate.metrics().await;
+    for name in [
+        "wsgate_connections_active",
+        "wsgate_connections_total",
+        "wsgate_handshakes_total",
+        "wsgate_auth_failures_total",
+        "wsgate_bytes_total",
+        "wsgate_handshake_duration_seconds",
+        "wsgate_connection_duration_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "no TYPE line for {name}"
+        );
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with("process_")),
+        "no process_ metrics"
+    );
+    assert!(text.contains("# TYPE wsgate_handshake_duration_seconds histogram"));
+    assert!(text.contains("# TYPE wsgate_connection_duration_seconds histogram"));
+    assert!(text.contains("# TYPE wsgate_connections_active gauge"));
+    assert!(text.contains("# TYPE wsgate_connections_total counter"));
+
+    let series = active("/ws");
+    assert_eq!(gate.metric(&series).await, 0.0);
+    let a = open(&gate, "/ws").await;
+    let b = open(&gate, "/ws").await;
+    let c = open(&gate, "/ws").await;
+    assert_eq!(wait_metric(&gate, &series, 3.0).await, 3.0);
+    close(b).await;
+    assert_eq!(wait_metric(&gate, &series, 2.0).await, 2.0);
+    // A client that vanishes without a close frame is also counted out.
+    drop(a);
+    assert_eq!(wait_metric(&gate, &series, 1.0).await, 1.0);
+    close(c).await;
+    assert_eq!(wait_metric(&gate, &series, 0.0).await, 0.0);
+    assert_eq!(
+        gate.metric("wsgate_connections_total{route=\"/ws\"}").await,
+        3.0
+    );
+    let text = gate.metrics().await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "wsgate_handshake_duration_seconds_count{route=\"/ws\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "wsgate_connection_duration_seconds_count{route=\"/ws\"}"
+        ),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_check() {
+    let promtool = Path::new("/usr/bin/promtool");
+    assert!(
+        promtool.exists(),
+        "promtool is required (Debian package `prometheus`)"
+    );
+    let echo = echo_upstream().await;
+    let files = Files::new();
+    files.write("users.htpasswd", &htpasswd_line("alice", "wonderland"));
+    let gate = start_gate(files, &auth_config(echo.addr)).await;
+
+    // Populate every metric: an upgrade with bytes both ways, 401s with reasons, a 404.
+    let ws = open(&gate, "/ws").await;
+    close(ws).await;
+    let (status, _, _) = http_request(gate.addr(), &upgrade_request("/private", "")).await;
+    assert_eq!(status, 401);
+    let bad = format!("Authorization: {}\r\n", basic("alice", "wrong"));
+    let (status, _, _) = http_request(gate.addr(), &upgrade_request("/private", &bad)).await;
+    assert_eq!(status, 401);
+    let good = format!("Authorization: {}\r\n", basic("alice", "wonderland"));
+    let (status, _, _) = http_request(gate.addr(), &upgrade_request("/private", &good)).await;
+    assert_eq!(status, 101);
+    let (status, _, _) = http_request(gate.addr(), &upgrade_request("/nowhere", "")).await;
+    assert_eq!(status, 404);
+    assert_eq!(wait_metric(&gate, &active("/ws"), 0.0).await, 0.0);
+
+    let text = gate.metrics().await;
+    for series in [
+        "wsgate_auth_failures_total{reason=\"missing\",route=\"/private\"}",
+        "wsgate_auth_failures_total{reason=\"bad_credentials\",route=\"/private\"}",
+        "wsgate_handshakes_total{outcome=\"unauthorized\",route=\"/private\"}",
+        "wsgate_handshakes_total{outcome=\"upgraded\",route=\"/ws\"}",
+        "wsgate_handshakes_total{outcome=\"not_found\",route=\"unmatched\"}",
+    ] {
+        assert!(metric_value(&text, series) >= 1.0, "{series} not counted");
+    }
+    assert!(
+        metric_value(
+            &text,
+            "wsgate_bytes_total{direction=\"client_to_upstream\",route=\"/ws\"}"
+        ) > 0.0
+    );
+    assert!(
+        metric_value(
+            &text,
+            "wsgate_bytes_total{direction=\"upstream_to_client\",route=\"/ws\"}"
+        ) > 0.0
+    );
+
+    let file = gate.files.write("metrics.txt", &text);
+    let out = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::from(std::fs::File::open(&file).unwrap()))
+        .output()
+        .expect("running promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}):\nstdout: {}\nstderr: {}\n--- metrics ---\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn reload_adds_routes_keeps_tunnels_and_refuses_listener_changes() {
+    let old_up = echo_upstream().await;
+    let new_up = echo_upstream().await;
+    let gate = start_gate(Files::new(), &config(&[("/ws", old_up.addr)], "")).await;
+    let mut tunnel = open(&gate, "/ws").await;
+    let (status, _, _) = http_request(gate.addr(), &upgrade_request("/new", "")).await;
+    assert_eq!(status, 404, "/new before the reload");
+
+    // The old route now points elsewhere too: the open tunnel must not care.
+    let reloaded = config(&[("/ws", new_up.addr), ("/new", new_up.addr)], "");
+    gate.reloader
+        .reload(parse(&gate, &reloaded))
+        .expect("valid reload refused");
+    assert_eq!(
+        gate.metric("wsgate_config_reloads_total{result=\"ok\"}")
+            .await,
+        1.0
+    );
+
+    let fresh = open(&gate, "/new").await;
+    assert_eq!(new_up.count(), 1, "/new reached the new upstream");
+    assert_eq!(new_up.last().uri, "/new");
+    echo_roundtrip(&mut tunnel, "old tunnel after reload").await;
+    assert_eq!(old_up.count(), 1);
+    close(fresh).await;
+
+    // A listener change needs a restart: refused, old config (with /new) stays in force.
+    let moved = config(&[("/ws", new_up.addr), ("/other", new_up.addr)], "")
+        .replace("\"127.0.0.1:0\"\nadmin", "\"127.0.0.1:1\"\nadmin");
+    assert!(moved.contains("127.0.0.1:1\""));
+    let err = gate
+        .reloader
+        .reload(parse(&gate, &moved))
+        .expect_err("a listener change was accepted");
+    assert!(err.to_string().contains("restart"), "{err}");
+    assert_eq!(
+        gate.metric("wsgate_config_reloads_total{result=\"error\"}")
+            .await,
+        1.0
+    );
+    let (status, _, _) = http_request(gate.addr(), &upgrade_request("/other", "")).await;
+    assert_eq!(status, 404, "the refused config was applied");
+    let again = open(&gate, "/new").await;
+    close(again).await;
+    echo_roundtrip(&mut tunnel, "old tunnel after refused reload").await;
+    close(tunnel).await;
+    assert_eq!(wait_metric(&gate, &active("/ws"), 0.0).await, 0.0);
+}
