@@ -5,12 +5,19 @@
 //! and published to the shared counters in batches, so a chunk costs one add.
 //! The loop is the place where frame tracking (close codes, size limits) will hook in.
 
+use std::cell::RefCell;
 use std::io;
+use std::net::Shutdown;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::RouteMetrics;
@@ -149,6 +156,209 @@ where
         client_to_upstream: c2u.load(Ordering::Relaxed),
         upstream_to_client: u2c.load(Ordering::Relaxed),
         closed_by,
+    }
+}
+
+/// Plain TCP on both sides: the same splice, but no buffer is held while the tunnel is
+/// idle. Each direction waits for readiness, reads into a per-thread scratch buffer and
+/// writes straight through; only bytes the peer cannot take yet are copied to the heap.
+/// `client_pre`/`upstream_pre` are bytes hyper had already read past the HTTP heads.
+pub async fn splice_tcp(
+    client: TcpStream,
+    upstream: TcpStream,
+    client_pre: Bytes,
+    upstream_pre: Bytes,
+    metrics: &RouteMetrics,
+    idle: Duration,
+    stop: CancellationToken,
+) -> SpliceReport {
+    metrics.active.inc();
+    let _guard = ActiveGuard(metrics, Instant::now());
+    let c2u = AtomicU64::new(0);
+    let u2c = AtomicU64::new(0);
+    let first = AtomicU8::new(NOBODY);
+    let ended = {
+        let forward = pump_tcp(
+            &client,
+            &upstream,
+            client_pre,
+            &metrics.bytes_c2u,
+            &c2u,
+            &first,
+            CLIENT,
+        );
+        let backward = pump_tcp(
+            &upstream,
+            &client,
+            upstream_pre,
+            &metrics.bytes_u2c,
+            &u2c,
+            &first,
+            UPSTREAM,
+        );
+        tokio::select! {
+            r = async { tokio::try_join!(forward, backward) } => match r {
+                Ok(_) => Ended::Closed,
+                Err(_) => Ended::Error,
+            },
+            _ = idle_watch(idle, &c2u, &u2c) => Ended::Idle,
+            _ = stop.cancelled() => Ended::Shutdown,
+        }
+    };
+    if ended != Ended::Closed {
+        let _ = SockRef::from(&client).shutdown(Shutdown::Write);
+        let _ = SockRef::from(&upstream).shutdown(Shutdown::Write);
+    }
+    let closed_by = match (ended, first.load(Ordering::Relaxed)) {
+        (Ended::Idle | Ended::Shutdown, _) => ClosedBy::Gateway,
+        (_, UPSTREAM) => ClosedBy::Upstream,
+        _ => ClosedBy::Client,
+    };
+    SpliceReport {
+        ended,
+        client_to_upstream: c2u.load(Ordering::Relaxed),
+        upstream_to_client: u2c.load(Ordering::Relaxed),
+        closed_by,
+    }
+}
+
+thread_local! {
+    // One scratch buffer per worker thread, borrowed only inside a single poll.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; BUF_SIZE].into_boxed_slice());
+}
+
+/// Writes all of `data` to `w`, waiting for writability as needed.
+async fn write_all_tcp(w: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        w.writable().await?;
+        match w.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+enum Step {
+    /// Readiness was spurious.
+    Again,
+    /// EOF from the reader.
+    Eof,
+    /// `n` bytes moved; `rest` could not be written yet.
+    Moved(usize, Option<Vec<u8>>),
+}
+
+async fn pump_tcp(
+    r: &TcpStream,
+    w: &TcpStream,
+    pre: Bytes,
+    counter: &IntCounter,
+    total: &AtomicU64,
+    first: &AtomicU8,
+    side: u8,
+) -> io::Result<()> {
+    let mut tally = Tally {
+        counter,
+        total,
+        unpublished: 0,
+        chunks: 0,
+    };
+    let result = async {
+        if !pre.is_empty() {
+            write_all_tcp(w, &pre).await?;
+            tally.add(pre.len());
+        }
+        drop(pre);
+        loop {
+            r.readable().await?;
+            let step = SCRATCH.with_borrow_mut(|buf| -> io::Result<Step> {
+                let n = match r.try_read(buf) {
+                    Ok(0) => return Ok(Step::Eof),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
+                    Err(e) => return Err(e),
+                };
+                let mut off = 0;
+                while off < n {
+                    match w.try_write(&buf[off..n]) {
+                        Ok(k) => off += k,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok(Step::Moved(n, Some(buf[off..n].to_vec())));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(Step::Moved(n, None))
+            })?;
+            match step {
+                Step::Again => continue,
+                Step::Eof => {
+                    let _ =
+                        first.compare_exchange(NOBODY, side, Ordering::Relaxed, Ordering::Relaxed);
+                    return SockRef::from(w).shutdown(Shutdown::Write);
+                }
+                Step::Moved(n, rest) => {
+                    if let Some(rest) = rest {
+                        write_all_tcp(w, &rest).await?;
+                    }
+                    tally.add(n);
+                }
+            }
+        }
+    }
+    .await;
+    if result.is_err() {
+        let _ = first.compare_exchange(NOBODY, side, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    result
+}
+
+/// A stream that first yields bytes already read from it (hyper's read-ahead past the
+/// HTTP head), then reads from the stream itself.
+pub struct Prebuffered<T> {
+    pre: Bytes,
+    inner: T,
+}
+
+impl<T> Prebuffered<T> {
+    /// Wraps `inner`, replaying `pre` first.
+    pub fn new(inner: T, pre: Bytes) -> Self {
+        Prebuffered { pre, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prebuffered<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.pre.is_empty() {
+            let n = this.pre.len().min(buf.remaining());
+            buf.put_slice(&this.pre.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prebuffered<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

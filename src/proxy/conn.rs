@@ -1,10 +1,13 @@
 //! Serves one client connection (HTTP/1.1, with upgrades) until it ends or the drain asks.
+//!
+//! HTTP/1.1 is served directly rather than through hyper-util's auto (h1/h2 sniffing)
+//! builder: sniffing wraps the socket, which would stop the splice from recovering the
+//! plain `TcpStream` of an upgraded connection. HTTP/2 (RFC 8441) will be chosen by ALPN.
 
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
@@ -23,13 +26,12 @@ pub async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| handler.clone().handle(req));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .max_buf_size(MAX_HEADER_BYTES);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        .max_buf_size(MAX_HEADER_BYTES)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => {

@@ -22,7 +22,8 @@ use crate::metrics::{NO_ROUTE, Outcome};
 use crate::proxy::Shared;
 use crate::proxy::response::{ProxyBody, Refusal, full};
 use crate::runtime::{Route, Runtime};
-use crate::splice::{self, Ended};
+use crate::splice::{self, Ended, Prebuffered};
+use crate::upstream::UpstreamStream;
 
 /// `X-Auth-User`: the authenticated identity, set by wsgate only.
 pub const X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
@@ -262,8 +263,30 @@ impl Handler {
                 }
             };
             let opened = Instant::now();
-            let report =
-                splice::splice(TokioIo::new(c), TokioIo::new(u), &route.metrics, idle, stop).await;
+            let (m, st) = (&route.metrics, stop);
+            let report = match c.downcast::<TokioIo<tokio::net::TcpStream>>() {
+                Ok(cp) => {
+                    let (c, pre_c) = (cp.io.into_inner(), cp.read_buf);
+                    match u.downcast::<TokioIo<UpstreamStream>>() {
+                        Ok(up) => match up.io.into_inner() {
+                            // Plain on both sides: the splice that holds no buffer when idle.
+                            UpstreamStream::Plain(u) => {
+                                splice::splice_tcp(c, u, pre_c, up.read_buf, m, idle, st).await
+                            }
+                            tls => {
+                                let c = Prebuffered::new(c, pre_c);
+                                let u = Prebuffered::new(tls, up.read_buf);
+                                splice::splice(c, u, m, idle, st).await
+                            }
+                        },
+                        Err(u) => {
+                            let c = Prebuffered::new(c, pre_c);
+                            splice::splice(c, TokioIo::new(u), m, idle, st).await
+                        }
+                    }
+                }
+                Err(c) => splice::splice(TokioIo::new(c), TokioIo::new(u), m, idle, st).await,
+            };
             tracing::info!(
                 target: "wsgate::access",
                 route = %route.path,
