@@ -26,6 +26,11 @@ pub(crate) struct Jwt {
 }
 
 impl Jwt {
+    /// The query parameter this authenticator reads its token from.
+    pub(crate) fn query_param(&self) -> &str {
+        &self.query_param
+    }
+
     /// Loads the key and prepares the validation; errors are (field, message).
     pub(crate) fn build(cfg: &JwtConfig) -> Result<Self, Vec<(String, String)>> {
         let err = |field: &str, msg: String| vec![(field.to_owned(), msg)];

@@ -171,6 +171,14 @@ impl RouteAuth {
         RouteAuth { auths }
     }
 
+    /// Query parameters that carry credentials on this route (every JWT authenticator's).
+    pub fn credential_query_params(&self) -> impl Iterator<Item = &str> {
+        self.auths.iter().filter_map(|a| match &a.kind {
+            Kind::Jwt(j) => Some(j.query_param()),
+            Kind::Basic(_) => None,
+        })
+    }
+
     /// No authenticators: everyone is admitted without a check.
     pub fn is_open(&self) -> bool {
         self.auths.is_empty()

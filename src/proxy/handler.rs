@@ -208,6 +208,7 @@ impl Handler {
         let (parts, _body) = req.into_parts();
         let up_req = self.upstream_request(
             &parts,
+            &route.auth,
             admission.as_ref(),
             client_ip,
             true,
@@ -318,7 +319,8 @@ impl Handler {
         client_ip: IpAddr,
     ) -> Result<Response<ProxyBody>, Refusal> {
         let (parts, body) = req.into_parts();
-        let up_req = self.upstream_request(&parts, admission, client_ip, false, body)?;
+        let up_req =
+            self.upstream_request(&parts, &route.auth, admission, client_ip, false, body)?;
         let (resp, _guard, _) = self.exchange(route, client_ip, up_req).await?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             // We did not ask for an upgrade; relaying one would leave a half-open tunnel.
@@ -413,6 +415,7 @@ impl Handler {
     fn upstream_request<B>(
         &self,
         parts: &http::request::Parts,
+        route_auth: &crate::auth::RouteAuth,
         admission: Option<&Admission>,
         client_ip: IpAddr,
         upgrade: bool,
@@ -424,13 +427,15 @@ impl Handler {
         strip_hop_by_hop(&mut headers);
         headers.remove(X_AUTH_USER);
         if let Some(a) = admission {
-            match &a.consumed {
-                Consumed::AuthorizationHeader => {
-                    headers.remove(header::AUTHORIZATION);
-                }
-                Consumed::QueryParam(name) => {
-                    query = query.and_then(|q| crate::auth::strip_query_param(&q, name));
-                }
+            // Every credential the route understands is removed, not only the one that
+            // admitted: a Basic password sent alongside a valid token must not reach the
+            // backend, nor a second identity.
+            headers.remove(header::AUTHORIZATION);
+            for name in route_auth.credential_query_params() {
+                query = query.and_then(|q| crate::auth::strip_query_param(&q, name));
+            }
+            if let Consumed::QueryParam(name) = &a.consumed {
+                query = query.and_then(|q| crate::auth::strip_query_param(&q, name));
             }
             let user = HeaderValue::from_str(&a.identity.user)
                 .map_err(|_| Refusal::BadRequest("identity not representable in a header"))?;

@@ -1,0 +1,804 @@
+//! The `wsgate` binary: `check`, `hash-password`, `--version`/`--help`, config errors at
+//! start-up (exit 64, nothing bound), `WSGATE_CONFIG`, SIGTERM drain, SIGHUP reload and
+//! JSON logs. Every test runs the real executable.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
+
+/// A `wsgate` command with a clean, predictable environment, run in `dir`.
+fn wsgate(dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.current_dir(dir)
+        .env_remove("WSGATE_CONFIG")
+        .env("RUST_LOG", "info")
+        .env("WSGATE_JWT_SECRET", JWT_SECRET)
+        .stdin(Stdio::null());
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run wsgate")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn can_bind(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// A running `wsgate` process; killed (and reaped) on drop, even when the test fails.
+struct Proc {
+    child: std::process::Child,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(dir: &Path, args: &[&str], rust_log: &str) -> Proc {
+        let stderr = dir.join(format!("stderr-{}.log", std::process::id() ^ rand_suffix()));
+        let file = std::fs::File::create(&stderr).unwrap();
+        let child = wsgate(dir)
+            .args(args)
+            .env("RUST_LOG", rust_log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("spawn wsgate");
+        Proc { child, stderr }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Polls until the process exits or `limit` passes.
+    async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Waits until `/healthz` on `admin` answers 200; panics with the log if the process dies.
+    async fn wait_healthy(&mut self, admin: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                panic!("wsgate exited early ({s}):\n{}", self.log());
+            }
+            if let Some((200, _)) = get(admin, "/healthz").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("wsgate never became healthy:\n{}", self.log());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(2_654_435_761)
+}
+
+/// `GET path` on `addr`; `None` if nothing answers.
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let (status, _, body) = read_response(&mut s).await;
+    (status != 0).then_some((status, body))
+}
+
+async fn metric_at(admin: SocketAddr, series: &str) -> f64 {
+    let (_, body) = get(admin, "/metrics").await.expect("metrics");
+    metric_value(&body, series)
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A serve-mode config: an open route `/a` to `up`, plus `extra` YAML appended to `routes:`.
+fn serve_yaml(listen: u16, admin: u16, up: SocketAddr, drain: &str, extra_routes: &str) -> String {
+    format!(
+        r#"listeners:
+  - bind: "127.0.0.1:{listen}"
+admin:
+  bind: "127.0.0.1:{admin}"
+auth:
+  jwt:
+    type: jwt
+    algorithms: [HS256]
+    secret: "${{WSGATE_JWT_SECRET}}"
+routes:
+  - path: /a
+    upstream: ws://{up}
+{extra_routes}shutdown:
+  drain_timeout: {drain}
+"#
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// check
+// ---------------------------------------------------------------------------------------
+
+/// A valid config using every kind of file: TLS cert/key, htpasswd, JWT secret from env.
+fn good_config(files: &Files) -> PathBuf {
+    files.cert("tls");
+    files.write("users.htpasswd", &htpasswd_line("alice", "pw"));
+    files.write(
+        "good.yaml",
+        r#"listeners:
+  - bind: "127.0.0.1:0"
+  - bind: "127.0.0.1:0"
+    tls:
+      cert: tls.crt
+      key: tls.key
+admin:
+  bind: "127.0.0.1:0"
+auth:
+  users:
+    type: basic
+    realm: wsgate
+    htpasswd: users.htpasswd
+  jwt:
+    type: jwt
+    algorithms: [HS256]
+    secret: "${WSGATE_JWT_SECRET}"
+    leeway: 30s
+routes:
+  - path: /open
+    upstream: ws://127.0.0.1:3000
+  - path: /ws
+    upstream: ws://127.0.0.1:3000
+    auth: [users, jwt]
+shutdown:
+  drain_timeout: 5s
+"#,
+    )
+}
+
+#[test]
+fn check_good_config_prints_ok() {
+    let files = Files::new();
+    let cfg = good_config(&files);
+    let out = run(wsgate(files.dir.path())
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out).trim(), "ok");
+}
+
+#[test]
+fn check_binds_nothing() {
+    // A listener on a port we hold: `check` does not try to bind it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let files = Files::new();
+    let cfg = files.write(
+        "c.yaml",
+        &format!(
+            "listeners:\n  - bind: \"127.0.0.1:{port}\"\nroutes:\n  - path: /\n    upstream: ws://127.0.0.1:3000\n"
+        ),
+    );
+    let out = run(wsgate(files.dir.path())
+        .args(["check", "--config"])
+        .arg(&cfg));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out).trim(), "ok");
+}
+
+/// Asserts that each line of `out` starts with a YAML path and that each of `paths` has one.
+#[track_caller]
+fn assert_problems(out: &str, paths: &[&str]) {
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no problems printed");
+    for l in &lines {
+        let (path, msg) = l
+            .split_once(": ")
+            .unwrap_or_else(|| panic!("line without a YAML path: {l:?}\n{out}"));
+        assert!(
+            !path.is_empty()
+                && !path.contains(' ')
+                && path
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c)),
+            "line does not start with a YAML path: {l:?}"
+        );
+        assert!(!msg.trim().is_empty(), "empty message: {l:?}");
+    }
+    for p in paths {
+        let prefix = format!("{p}: ");
+        assert!(
+            lines.iter().any(|l| l.starts_with(&prefix)),
+            "no problem reported at {p} in:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn check_reports_every_config_problem_in_one_run() {
+    let files = Files::new();
+    let cfg = files.write(
+        "bad.yaml",
+        r#"listeners:
+  - bind: "127.0.0.1:0"
+    bogus: 1
+auth:
+  jwt:
+    type: jwt
+    algorithms: [none]
+    secret: "${WSGATE_TEST_SURELY_UNSET_VAR}"
+  ldap:
+    type: ldap
+routes:
+  - path: /a
+    upstream: ftp://127.0.0.1:21
+  - path: /b
+    upstream: ws://127.0.0.1:3000
+    auth: [nosuch]
+colour: blue
+"#,
+    );
+    let out = run(wsgate(files.dir.path())
+        .env_remove("WSGATE_TEST_SURELY_UNSET_VAR")
+        .args(["check", "--config"])
+        .arg(&cfg));
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{text}\nstderr:\n{}",
+        stderr(&out)
+    );
+    assert_problems(
+        &text,
+        &[
+            "listeners[0].bogus",
+            "colour",
+            "routes[0].upstream",
+            "routes[1].auth[0]",
+            "auth.ldap.type",
+            "auth.jwt.algorithms[0]",
+            "auth.jwt.secret",
+        ],
+    );
+    assert!(text.contains("WSGATE_TEST_SURELY_UNSET_VAR"), "{text}");
+    assert!(text.contains("nosuch"), "{text}");
+    assert!(!text.lines().any(|l| l.trim() == "ok"), "{text}");
+}
+
+#[test]
+fn check_reports_every_file_problem_in_one_run() {
+    let files = Files::new();
+    // Two different keys: a's certificate with b's key.
+    files.cert("a");
+    files.cert("b");
+    // An RSA-family authenticator whose public key file does not exist.
+    let cfg = files.write(
+        "files.yaml",
+        r#"listeners:
+  - bind: "127.0.0.1:0"
+  - bind: "127.0.0.1:0"
+    tls:
+      cert: a.crt
+      key: b.key
+auth:
+  users:
+    type: basic
+    htpasswd: missing.htpasswd
+  rsa:
+    type: jwt
+    algorithms: [RS256]
+    public_key: missing.pem
+routes:
+  - path: /a
+    upstream: ws://127.0.0.1:3000
+    auth: [users, rsa]
+"#,
+    );
+    let out = run(wsgate(files.dir.path())
+        .args(["check", "--config"])
+        .arg(&cfg));
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{text}\nstderr:\n{}",
+        stderr(&out)
+    );
+    assert_problems(
+        &text,
+        &[
+            "listeners[1].tls.key",
+            "auth.users.htpasswd",
+            "auth.rsa.public_key",
+        ],
+    );
+    assert!(text.contains("missing.htpasswd"), "{text}");
+    // Key material is never echoed.
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------
+// serve: config errors, WSGATE_CONFIG
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn serve_with_bad_config_exits_64_without_binding() {
+    let files = Files::new();
+    let (listen, admin) = (free_port(), free_port());
+    let cfg = files.write(
+        "bad.yaml",
+        &format!(
+            "listeners:\n  - bind: \"127.0.0.1:{listen}\"\nadmin:\n  bind: \"127.0.0.1:{admin}\"\nroutes:\n  - path: /a\n    upstream: ws://127.0.0.1:3000\n    extra: 1\n"
+        ),
+    );
+    let start = Instant::now();
+    let out = run(wsgate(files.dir.path()).arg("--config").arg(&cfg));
+    assert_eq!(out.status.code(), Some(64), "stderr:\n{}", stderr(&out));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(stderr(&out).contains("routes[0].extra"), "{}", stderr(&out));
+    assert!(can_bind(listen), "listener port still bound");
+    assert!(can_bind(admin), "admin port still bound");
+}
+
+#[test]
+fn serve_checks_files_before_binding() {
+    // We hold the listener port: had wsgate bound first, it would fail with a bind error
+    // (exit 1); the missing htpasswd file must be found first (exit 64).
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let files = Files::new();
+    let cfg = files.write(
+        "bad.yaml",
+        &format!(
+            "listeners:\n  - bind: \"127.0.0.1:{port}\"\nauth:\n  users:\n    type: basic\n    htpasswd: nope.htpasswd\nroutes:\n  - path: /a\n    upstream: ws://127.0.0.1:3000\n    auth: [users]\n"
+        ),
+    );
+    let out = run(wsgate(files.dir.path()).arg("--config").arg(&cfg));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(64), "stderr:\n{err}");
+    assert!(err.contains("auth.users.htpasswd"), "{err}");
+    assert!(!err.contains("cannot bind"), "{err}");
+}
+
+#[test]
+fn wsgate_config_env_is_honoured() {
+    let files = Files::new();
+    let good = good_config(&files);
+    let bad = files.write("bad.yaml", "listeners: []\nroutes: []\nwhat: 1\n");
+    // The working directory has no config.yaml, so only the variable can point at `good`.
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(wsgate(empty.path())
+        .arg("check")
+        .env("WSGATE_CONFIG", &good));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out).trim(), "ok");
+
+    let out = run(wsgate(empty.path()).arg("check").env("WSGATE_CONFIG", &bad));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("what: "), "{}", stdout(&out));
+
+    // Serve mode too: the bad file is the one read (exit 64, its problems reported).
+    let out = run(wsgate(empty.path()).env("WSGATE_CONFIG", &bad));
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr(&out).contains("what: "), "{}", stderr(&out));
+
+    // --config wins over the variable.
+    let out = run(wsgate(empty.path())
+        .args(["check", "--config"])
+        .arg(&good)
+        .env("WSGATE_CONFIG", &bad));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+
+    // Neither: config.yaml in the working directory, which does not exist here.
+    let out = run(wsgate(empty.path()).arg("check"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("config.yaml"), "{}", stdout(&out));
+}
+
+// ---------------------------------------------------------------------------------------
+// hash-password, --version, --help
+// ---------------------------------------------------------------------------------------
+
+fn hash_password(args: &[&str], stdin: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = wsgate(dir.path())
+        .arg("hash-password")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        // Dropped at the end of the block, which closes stdin.
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn hash_password_bcrypt() {
+    let out = hash_password(&["alice"], "secret\n");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let line = text.trim_end();
+    assert_eq!(line.lines().count(), 1, "{text}");
+    let hash = line
+        .strip_prefix("alice:")
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(hash.starts_with("$2y$"), "{hash}");
+    assert!(bcrypt::verify("secret", hash).unwrap());
+    assert!(!bcrypt::verify("secret\n", hash).unwrap());
+    // The password never appears in the output.
+    assert!(!text.contains("secret") && !stderr(&out).contains("secret"));
+}
+
+#[test]
+fn hash_password_argon2id_without_user() {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    let out = hash_password(&["--argon2"], "secret\r\n");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let hash = text.trim_end();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let parsed = PasswordHash::new(hash).unwrap();
+    let argon = argon2::Argon2::default();
+    assert!(argon.verify_password(b"secret", &parsed).is_ok());
+    assert!(argon.verify_password(b"secret\r", &parsed).is_err());
+    assert!(argon.verify_password(b"secret\r\n", &parsed).is_err());
+
+    let out = hash_password(&["--argon2", "bob"], "pw\n");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("bob:$argon2id$"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn hash_password_refuses_empty_password_and_bad_user() {
+    for input in ["\n", "", "\r\n"] {
+        let out = hash_password(&["alice"], input);
+        assert!(!out.status.success(), "empty password {input:?} accepted");
+        assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    }
+    let out = hash_password(&["al:ice"], "secret\n");
+    assert!(!out.status.success());
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn version_and_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(wsgate(dir.path()).arg("--version"));
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(wsgate(dir.path()).arg("--help"));
+    assert!(out.status.success());
+    let help = stdout(&out);
+    for word in ["check", "hash-password", "--config"] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Signals
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_tunnel_then_exits_0() {
+    let up = echo_upstream().await;
+    let files = Files::new();
+    let (listen, admin) = (free_port(), free_port());
+    let cfg = files.write("cfg.yaml", &serve_yaml(listen, admin, up.addr, "10s", ""));
+    let mut gate = Proc::spawn(
+        files.dir.path(),
+        &["--config", cfg.to_str().unwrap()],
+        "info",
+    );
+    gate.wait_healthy(addr(admin)).await;
+    assert_eq!(get(addr(admin), "/readyz").await.map(|r| r.0), Some(200));
+
+    let url = format!("ws://127.0.0.1:{listen}/a");
+    let (mut ws, _) = ws_connect(&url, &[]).await.expect("tunnel");
+    echo_roundtrip(&mut ws, "before").await;
+
+    gate.signal("TERM");
+    let signalled = Instant::now();
+
+    // Draining: /readyz says 503 while the admin listener is still up.
+    let mut ready = None;
+    for _ in 0..100 {
+        ready = get(addr(admin), "/readyz").await.map(|r| r.0);
+        if ready == Some(503) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready, Some(503), "readyz never turned 503:\n{}", gate.log());
+    assert_eq!(get(addr(admin), "/healthz").await.map(|r| r.0), Some(200));
+
+    // The open tunnel still works.
+    echo_roundtrip(&mut ws, "during drain").await;
+
+    // New connections are refused.
+    let mut refused = false;
+    for _ in 0..100 {
+        if TcpStream::connect(addr(listen)).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the listener still accepts while draining");
+    assert!(
+        gate.child.try_wait().unwrap().is_none(),
+        "exited with a tunnel open:\n{}",
+        gate.log()
+    );
+
+    // The client leaves; the process ends well before the 10 s deadline.
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(2), ws.next()).await {}
+    // The close handshake is done; the TCP connection ends with the client object.
+    drop(ws);
+    let status = gate
+        .wait_exit(Duration::from_secs(6))
+        .await
+        .unwrap_or_else(|| panic!("did not exit after the last tunnel closed:\n{}", gate.log()));
+    assert_eq!(status.code(), Some(0), "{}", gate.log());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert!(can_bind(listen) && can_bind(admin));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_leftover_tunnels_at_drain_deadline() {
+    let up = echo_upstream().await;
+    let files = Files::new();
+    let (listen, admin) = (free_port(), free_port());
+    let cfg = files.write("cfg.yaml", &serve_yaml(listen, admin, up.addr, "1s", ""));
+    let mut gate = Proc::spawn(
+        files.dir.path(),
+        &["--config", cfg.to_str().unwrap()],
+        "info",
+    );
+    gate.wait_healthy(addr(admin)).await;
+    let (mut ws, _) = ws_connect(&format!("ws://127.0.0.1:{listen}/a"), &[])
+        .await
+        .expect("tunnel");
+    echo_roundtrip(&mut ws, "x").await;
+
+    gate.signal("TERM");
+    let signalled = Instant::now();
+    let status = gate
+        .wait_exit(Duration::from_secs(8))
+        .await
+        .unwrap_or_else(|| panic!("still running after the drain deadline:\n{}", gate.log()));
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", gate.log());
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited too early: {took:?}"
+    );
+    assert!(took < Duration::from_secs(6), "exited too late: {took:?}");
+
+    // The client sees its connection end (a close frame, EOF or a reset).
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "client connection still open after exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_routes_and_keeps_old_config_on_error() {
+    let up = echo_upstream().await;
+    let files = Files::new();
+    let (listen, admin) = (free_port(), free_port());
+    let cfg = files.write("cfg.yaml", &serve_yaml(listen, admin, up.addr, "2s", ""));
+    let mut gate = Proc::spawn(
+        files.dir.path(),
+        &["--log-format", "json", "--config", cfg.to_str().unwrap()],
+        "debug",
+    );
+    gate.wait_healthy(addr(admin)).await;
+    let ok = "wsgate_config_reloads_total{result=\"ok\"}";
+    let err = "wsgate_config_reloads_total{result=\"error\"}";
+
+    let b_url = format!("ws://127.0.0.1:{listen}/b");
+    let refused = ws_connect(&b_url, &[]).await.expect_err("no route /b yet");
+    assert_eq!(refused_status(refused), 404);
+
+    let (mut tunnel, _) = ws_connect(&format!("ws://127.0.0.1:{listen}/a"), &[])
+        .await
+        .expect("tunnel on /a");
+    echo_roundtrip(&mut tunnel, "before reload").await;
+
+    // Add /b (JWT-protected), then HUP.
+    let route_b = format!(
+        "  - path: /b\n    upstream: ws://{}\n    auth: [jwt]\n",
+        up.addr
+    );
+    std::fs::write(&cfg, serve_yaml(listen, admin, up.addr, "2s", &route_b)).unwrap();
+    gate.signal("HUP");
+    let token = jwt(serde_json::json!({"sub": "zoe"}));
+    let b_with_token = format!("{b_url}?token={token}");
+    let mut admitted = None;
+    for _ in 0..100 {
+        if let Ok((ws, resp)) = ws_connect(&b_with_token, &[]).await {
+            admitted = Some((ws, resp.status()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let (mut ws_b, status) =
+        admitted.unwrap_or_else(|| panic!("route /b never appeared:\n{}", gate.log()));
+    assert_eq!(status, 101);
+    echo_roundtrip(&mut ws_b, "via b").await;
+    assert_eq!(up.last().header("x-auth-user"), Some("zoe"));
+    // The new route is authenticated.
+    let expired = jwt(serde_json::json!({"exp": now_secs() - 600}));
+    let err_b = ws_connect(&format!("{b_url}?token={expired}"), &[])
+        .await
+        .expect_err("expired token");
+    assert_eq!(refused_status(err_b), 401);
+
+    // The tunnel opened before the reload is untouched.
+    echo_roundtrip(&mut tunnel, "after reload").await;
+    assert_eq!(metric_at(addr(admin), ok).await, 1.0);
+    assert_eq!(metric_at(addr(admin), err).await, 0.0);
+
+    // An invalid config: refused, the old one stays.
+    std::fs::write(&cfg, "listeners: [\n  this is not yaml").unwrap();
+    gate.signal("HUP");
+    let mut errors = 0.0;
+    for _ in 0..100 {
+        errors = metric_at(addr(admin), err).await;
+        if errors == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(errors, 1.0, "{}", gate.log());
+    assert_eq!(metric_at(addr(admin), ok).await, 1.0);
+    let (mut ws_b2, _) = ws_connect(&b_with_token, &[])
+        .await
+        .expect("/b still served by the old config");
+    echo_roundtrip(&mut ws_b2, "still b").await;
+    echo_roundtrip(&mut tunnel, "after bad reload").await;
+    assert!(gate.child.try_wait().unwrap().is_none());
+
+    // Stop cleanly.
+    for mut ws in [tunnel, ws_b, ws_b2] {
+        let _ = ws.close(None).await;
+    }
+    gate.signal("TERM");
+    let status = gate.wait_exit(Duration::from_secs(6)).await.expect("exit");
+    assert_eq!(status.code(), Some(0), "{}", gate.log());
+
+    // --log-format json: every stderr line is a JSON object.
+    let log = gate.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n---\n{log}"))
+        })
+        .collect();
+    assert!(lines.len() >= 3, "{log}");
+    assert!(
+        lines
+            .iter()
+            .all(|v| v.is_object() && v.get("level").is_some()),
+        "{log}"
+    );
+    let message = |v: &serde_json::Value| {
+        v.get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        lines.iter().any(|v| message(v).contains("reloaded")),
+        "no reload logged:\n{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|v| message(v).contains("reload refused") && v["level"] == "ERROR"),
+        "no refused reload logged:\n{log}"
+    );
+    // Secrets and tokens never reach the logs, even at debug level.
+    assert!(!log.contains(JWT_SECRET), "JWT secret logged:\n{log}");
+    assert!(!log.contains(&token), "token logged:\n{log}");
+    assert!(!log.contains(&expired), "token logged:\n{log}");
+}
