@@ -458,3 +458,48 @@ where
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn prebuffered_replays_then_reads_through() {
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b" world").await.unwrap();
+        drop(a);
+        let mut p = Prebuffered::new(b, Bytes::from_static(b"hello"));
+        let mut out = String::new();
+        p.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_watch_fires_only_without_traffic() {
+        let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
+        let started = tokio::time::Instant::now();
+        idle_watch(Duration::from_secs(4), &a, &b).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(4) && waited <= Duration::from_secs(5),
+            "{waited:?}"
+        );
+
+        // Traffic every second keeps it from firing for as long as it lasts.
+        let started = tokio::time::Instant::now();
+        let watch = idle_watch(Duration::from_secs(4), &a, &b);
+        let traffic = async {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                a.fetch_add(1, Ordering::Relaxed);
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! { _ = watch => {}, _ = traffic => {} }
+        assert!(
+            started.elapsed() >= Duration::from_secs(14),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
