@@ -1,33 +1,40 @@
 //! The splice: bytes both ways between client and upstream until both sides are done.
 //!
-//! Each direction is its own loop so that a half-close (EOF one way) is forwarded as a
-//! write shutdown while the other way keeps flowing. Byte counts are kept in a local
-//! and published to the shared counters in batches, so a chunk costs one add.
-//! The loop is the place where frame tracking (close codes, size limits) will hook in.
+//! One future drives both directions (no split, no lock). A tunnel holds no buffer of its
+//! own: each poll reads into a per-thread scratch buffer and writes straight through, and
+//! only bytes the other side cannot take yet are copied to the heap until they are written.
+//! An idle tunnel therefore costs only its sockets and a few words of state.
+//! A half-close (EOF one way) is forwarded as a write shutdown while the other way keeps
+//! flowing. Byte counts are kept in a local and published to the shared counters in
+//! batches. The per-direction step is where frame tracking (close codes, size limits) will
+//! hook in.
 
 use std::cell::RefCell;
+use std::future::poll_fn;
 use std::io;
-use std::net::Shutdown;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus::IntCounter;
-use socket2::SockRef;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::RouteMetrics;
 
-/// Buffer per direction; large enough for a full TLS record.
-const BUF_SIZE: usize = 16 * 1024;
+/// Per-thread scratch buffer: one large read per readiness event, at no per-tunnel cost.
+const SCRATCH_SIZE: usize = 64 * 1024;
 /// Publish byte counts at least this often (in bytes) on long transfers.
 const FLUSH_EVERY: u64 = 64 * 1024;
 /// ... or every this many chunks.
 const FLUSH_CHUNKS: u32 = 32;
+
+thread_local! {
+    // Borrowed only inside one poll call, so it is never held across an await.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
+}
 
 /// Who ended the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,10 +84,6 @@ impl ClosedBy {
     }
 }
 
-const NOBODY: u8 = 0;
-const CLIENT: u8 = 1;
-const UPSTREAM: u8 = 2;
-
 /// Keeps `wsgate_connections_active` right however the tunnel ends (even on panic).
 struct ActiveGuard<'a>(&'a RouteMetrics, Instant);
 
@@ -96,8 +99,8 @@ impl Drop for ActiveGuard<'_> {
 /// Copies both ways until both directions end, an error occurs, the tunnel is idle for
 /// `idle` (zero = never), or `stop` fires.
 pub async fn splice<C, U>(
-    client: C,
-    upstream: U,
+    mut client: C,
+    mut upstream: U,
     metrics: &RouteMetrics,
     idle: Duration,
     stop: CancellationToken,
@@ -108,210 +111,193 @@ where
 {
     metrics.active.inc();
     let _guard = ActiveGuard(metrics, Instant::now());
-    let (mut client_r, mut client_w) = tokio::io::split(client);
-    let (mut up_r, mut up_w) = tokio::io::split(upstream);
     // Totals double as the activity signal for the idle check: one relaxed add per chunk
     // on an uncontended cache line, no timer reset per chunk.
-    let c2u = AtomicU64::new(0);
-    let u2c = AtomicU64::new(0);
-    let first = AtomicU8::new(NOBODY);
-    let ended = {
-        let forward = pump(
-            &mut client_r,
-            &mut up_w,
-            &metrics.bytes_c2u,
-            &c2u,
-            &first,
-            CLIENT,
-        );
-        let backward = pump(
-            &mut up_r,
-            &mut client_w,
-            &metrics.bytes_u2c,
-            &u2c,
-            &first,
-            UPSTREAM,
-        );
-        tokio::select! {
-            r = async { tokio::try_join!(forward, backward) } => match r {
-                Ok(_) => Ended::Closed,
-                Err(_) => Ended::Error,
-            },
-            _ = idle_watch(idle, &c2u, &u2c) => Ended::Idle,
-            _ = stop.cancelled() => Ended::Shutdown,
+    let c2u_total = AtomicU64::new(0);
+    let u2c_total = AtomicU64::new(0);
+    let mut c2u = Direction::new(&metrics.bytes_c2u, &c2u_total);
+    let mut u2c = Direction::new(&metrics.bytes_u2c, &u2c_total);
+    let mut first: Option<ClosedBy> = None;
+    let copy = poll_fn(|cx| {
+        let a = c2u.poll(cx, &mut client, &mut upstream);
+        let b = u2c.poll(cx, &mut upstream, &mut client);
+        if first.is_none() {
+            // Remember who hung up (or failed) first, for the access log.
+            if c2u.finished() {
+                first = Some(ClosedBy::Client);
+            } else if u2c.finished() {
+                first = Some(ClosedBy::Upstream);
+            }
         }
+        match (a, b) {
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    });
+    let ended = tokio::select! {
+        r = copy => if r.is_ok() { Ended::Closed } else { Ended::Error },
+        _ = idle_watch(idle, &c2u_total, &u2c_total) => Ended::Idle,
+        _ = stop.cancelled() => Ended::Shutdown,
     };
+    drop((c2u, u2c));
     if ended != Ended::Closed {
-        // Best effort: tell both peers we are done rather than leaving them to time out.
-        let _ = client_w.shutdown().await;
-        let _ = up_w.shutdown().await;
+        // Best effort and bounded: tell both peers we are done rather than leaving them
+        // to time out, without letting a stalled peer hold the task.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = poll_fn(|cx| Pin::new(&mut client).poll_shutdown(cx)).await;
+            let _ = poll_fn(|cx| Pin::new(&mut upstream).poll_shutdown(cx)).await;
+        })
+        .await;
     }
-    let closed_by = match (ended, first.load(Ordering::Relaxed)) {
-        (Ended::Idle | Ended::Shutdown, _) => ClosedBy::Gateway,
-        (_, UPSTREAM) => ClosedBy::Upstream,
-        _ => ClosedBy::Client,
+    let closed_by = match ended {
+        Ended::Idle | Ended::Shutdown => ClosedBy::Gateway,
+        _ => first.unwrap_or(ClosedBy::Client),
     };
     SpliceReport {
         ended,
-        client_to_upstream: c2u.load(Ordering::Relaxed),
-        upstream_to_client: u2c.load(Ordering::Relaxed),
+        client_to_upstream: c2u_total.load(Ordering::Relaxed),
+        upstream_to_client: u2c_total.load(Ordering::Relaxed),
         closed_by,
     }
 }
 
-/// Plain TCP on both sides: the same splice, but no buffer is held while the tunnel is
-/// idle. Each direction waits for readiness, reads into a per-thread scratch buffer and
-/// writes straight through; only bytes the peer cannot take yet are copied to the heap.
-/// `client_pre`/`upstream_pre` are bytes hyper had already read past the HTTP heads.
-pub async fn splice_tcp(
-    client: TcpStream,
-    upstream: TcpStream,
-    client_pre: Bytes,
-    upstream_pre: Bytes,
-    metrics: &RouteMetrics,
-    idle: Duration,
-    stop: CancellationToken,
-) -> SpliceReport {
-    metrics.active.inc();
-    let _guard = ActiveGuard(metrics, Instant::now());
-    let c2u = AtomicU64::new(0);
-    let u2c = AtomicU64::new(0);
-    let first = AtomicU8::new(NOBODY);
-    let ended = {
-        let forward = pump_tcp(
-            &client,
-            &upstream,
-            client_pre,
-            &metrics.bytes_c2u,
-            &c2u,
-            &first,
-            CLIENT,
-        );
-        let backward = pump_tcp(
-            &upstream,
-            &client,
-            upstream_pre,
-            &metrics.bytes_u2c,
-            &u2c,
-            &first,
-            UPSTREAM,
-        );
-        tokio::select! {
-            r = async { tokio::try_join!(forward, backward) } => match r {
-                Ok(_) => Ended::Closed,
-                Err(_) => Ended::Error,
-            },
-            _ = idle_watch(idle, &c2u, &u2c) => Ended::Idle,
-            _ = stop.cancelled() => Ended::Shutdown,
-        }
-    };
-    if ended != Ended::Closed {
-        let _ = SockRef::from(&client).shutdown(Shutdown::Write);
-        let _ = SockRef::from(&upstream).shutdown(Shutdown::Write);
-    }
-    let closed_by = match (ended, first.load(Ordering::Relaxed)) {
-        (Ended::Idle | Ended::Shutdown, _) => ClosedBy::Gateway,
-        (_, UPSTREAM) => ClosedBy::Upstream,
-        _ => ClosedBy::Client,
-    };
-    SpliceReport {
-        ended,
-        client_to_upstream: c2u.load(Ordering::Relaxed),
-        upstream_to_client: u2c.load(Ordering::Relaxed),
-        closed_by,
-    }
+/// One direction of the copy, driven by [`splice`]'s single future.
+struct Direction<'a> {
+    /// Bytes read but not yet accepted by the writer (rare: only under backpressure).
+    pending: Option<(Vec<u8>, usize)>,
+    state: DirState,
+    tally: Tally<'a>,
 }
 
-thread_local! {
-    // One scratch buffer per worker thread, borrowed only inside a single poll.
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; BUF_SIZE].into_boxed_slice());
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DirState {
+    Copying,
+    /// The reader hit EOF; pending bytes are flushed, then the writer is shut down.
+    ShuttingDown,
+    Done,
 }
 
-/// Writes all of `data` to `w`, waiting for writability as needed.
-async fn write_all_tcp(w: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        w.writable().await?;
-        match w.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-enum Step {
-    /// Readiness was spurious.
-    Again,
-    /// EOF from the reader.
+enum Read {
+    Pending,
     Eof,
-    /// `n` bytes moved; `rest` could not be written yet.
-    Moved(usize, Option<Vec<u8>>),
+    Moved(usize),
 }
 
-async fn pump_tcp(
-    r: &TcpStream,
-    w: &TcpStream,
-    pre: Bytes,
-    counter: &IntCounter,
-    total: &AtomicU64,
-    first: &AtomicU8,
-    side: u8,
-) -> io::Result<()> {
-    let mut tally = Tally {
-        counter,
-        total,
-        unpublished: 0,
-        chunks: 0,
-    };
-    let result = async {
-        if !pre.is_empty() {
-            write_all_tcp(w, &pre).await?;
-            tally.add(pre.len());
+impl<'a> Direction<'a> {
+    fn new(counter: &'a IntCounter, total: &'a AtomicU64) -> Self {
+        Direction {
+            pending: None,
+            state: DirState::Copying,
+            tally: Tally {
+                counter,
+                total,
+                unpublished: 0,
+                chunks: 0,
+            },
         }
-        drop(pre);
+    }
+
+    /// The reader side has ended (EOF or error) and nothing more will be read.
+    fn finished(&self) -> bool {
+        self.state != DirState::Copying
+    }
+
+    fn poll<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let result = self.poll_inner(cx, r, w);
+        if let Poll::Ready(Err(_)) = result {
+            self.state = DirState::Done;
+        }
+        result
+    }
+
+    fn poll_inner<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         loop {
-            r.readable().await?;
-            let step = SCRATCH.with_borrow_mut(|buf| -> io::Result<Step> {
-                let n = match r.try_read(buf) {
-                    Ok(0) => return Ok(Step::Eof),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Again),
-                    Err(e) => return Err(e),
-                };
-                let mut off = 0;
-                while off < n {
-                    match w.try_write(&buf[off..n]) {
-                        Ok(k) => off += k,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            return Ok(Step::Moved(n, Some(buf[off..n].to_vec())));
-                        }
-                        Err(e) => return Err(e),
+            if let Some((buf, off)) = &mut self.pending {
+                while *off < buf.len() {
+                    let n = ready!(Pin::new(&mut *w).poll_write(cx, &buf[*off..]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                     }
+                    *off += n;
                 }
-                Ok(Step::Moved(n, None))
-            })?;
+                self.pending = None;
+            }
+            match self.state {
+                DirState::Done => return Poll::Ready(Ok(())),
+                DirState::ShuttingDown => {
+                    ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                    self.state = DirState::Done;
+                    return Poll::Ready(Ok(()));
+                }
+                DirState::Copying => {}
+            }
+            let step = SCRATCH.with_borrow_mut(|scratch| self.read_and_write(cx, r, w, scratch))?;
             match step {
-                Step::Again => continue,
-                Step::Eof => {
-                    let _ =
-                        first.compare_exchange(NOBODY, side, Ordering::Relaxed, Ordering::Relaxed);
-                    return SockRef::from(w).shutdown(Shutdown::Write);
-                }
-                Step::Moved(n, rest) => {
-                    if let Some(rest) = rest {
-                        write_all_tcp(w, &rest).await?;
+                Read::Moved(n) => self.tally.add(n),
+                Read::Eof => self.state = DirState::ShuttingDown,
+                Read::Pending => {
+                    // Nothing to read: push out anything a TLS writer still buffers, so
+                    // a small message isn't held back until the next one.
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut *w).poll_flush(cx) {
+                        return Poll::Ready(Err(e));
                     }
-                    tally.add(n);
+                    return Poll::Pending;
                 }
             }
         }
     }
-    .await;
-    if result.is_err() {
-        let _ = first.compare_exchange(NOBODY, side, Ordering::Relaxed, Ordering::Relaxed);
+
+    /// Reads once into `scratch` and writes as much as the writer takes right now; the
+    /// rest is copied into `pending`.
+    fn read_and_write<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+        scratch: &mut [u8],
+    ) -> io::Result<Read>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut rb = ReadBuf::new(scratch);
+        match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+            Poll::Pending => return Ok(Read::Pending),
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Ready(Ok(())) => {}
+        }
+        let data = rb.filled();
+        if data.is_empty() {
+            return Ok(Read::Eof);
+        }
+        let mut off = 0;
+        while off < data.len() {
+            match Pin::new(&mut *w).poll_write(cx, &data[off..]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => off += n,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {
+                    self.pending = Some((data[off..].to_vec(), 0));
+                    break;
+                }
+            }
+        }
+        Ok(Read::Moved(data.len()))
     }
-    result
 }
 
 /// A stream that first yields bytes already read from it (hyper's read-ahead past the
@@ -419,49 +405,10 @@ impl Drop for Tally<'_> {
     }
 }
 
-async fn pump<R, W>(
-    r: &mut R,
-    w: &mut W,
-    counter: &IntCounter,
-    total: &AtomicU64,
-    first: &AtomicU8,
-    side: u8,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut tally = Tally {
-        counter,
-        total,
-        unpublished: 0,
-        chunks: 0,
-    };
-    let mut buf = vec![0u8; BUF_SIZE];
-    let result = async {
-        loop {
-            let n = r.read(&mut buf).await?;
-            if n == 0 {
-                // Remember who hung up first, then pass the half-close on.
-                let _ = first.compare_exchange(NOBODY, side, Ordering::Relaxed, Ordering::Relaxed);
-                return w.shutdown().await;
-            }
-            w.write_all(&buf[..n]).await?;
-            // TLS writers may hold a record back until flushed; for TCP this is free.
-            w.flush().await?;
-            tally.add(n);
-        }
-    }
-    .await;
-    if result.is_err() {
-        let _ = first.compare_exchange(NOBODY, side, Ordering::Relaxed, Ordering::Relaxed);
-    }
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn prebuffered_replays_then_reads_through() {

@@ -270,9 +270,11 @@ impl Handler {
                     let (c, pre_c) = (cp.io.into_inner(), cp.read_buf);
                     match u.downcast::<TokioIo<UpstreamStream>>() {
                         Ok(up) => match up.io.into_inner() {
-                            // Plain on both sides: the splice that holds no buffer when idle.
+                            // Plain on both sides: splice the raw sockets, without dyn dispatch per read.
                             UpstreamStream::Plain(u) => {
-                                splice::splice_tcp(c, u, pre_c, up.read_buf, m, idle, st).await
+                                let c = Prebuffered::new(c, pre_c);
+                                let u = Prebuffered::new(u, up.read_buf);
+                                splice::splice(c, u, m, idle, st).await
                             }
                             tls => {
                                 let c = Prebuffered::new(c, pre_c);
