@@ -174,8 +174,10 @@ async fn handle_connection(
     let draining = shared.draining.clone();
     match tls {
         None => {
+            let metrics = shared.metrics.clone();
             let handler = Handler::new(runtime, ClientConn { peer, tls: false }, shared, permits);
-            crate::proxy::conn::serve(stream, handler, timeouts.request_header, draining).await;
+            crate::proxy::conn::serve(stream, handler, timeouts.request_header, draining, &metrics)
+                .await;
         }
         Some(cfg) => {
             let accept = TlsAcceptor::from(cfg).accept(stream);
@@ -186,12 +188,21 @@ async fn handle_connection(
                     return;
                 }
                 Err(_) => {
-                    tracing::debug!(client = %peer.ip(), "TLS handshake timed out");
+                    shared.metrics.handshake(NO_ROUTE, Outcome::Timeout);
+                    tracing::info!(target: "wsgate::access", client = %peer.ip(), "TLS handshake timed out");
                     return;
                 }
             };
+            let metrics = shared.metrics.clone();
             let handler = Handler::new(runtime, ClientConn { peer, tls: true }, shared, permits);
-            crate::proxy::conn::serve(tls_stream, handler, timeouts.request_header, draining).await;
+            crate::proxy::conn::serve(
+                tls_stream,
+                handler,
+                timeouts.request_header,
+                draining,
+                &metrics,
+            )
+            .await;
         }
     }
 }

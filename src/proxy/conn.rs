@@ -11,6 +11,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{Metrics, NO_ROUTE, Outcome};
 use crate::proxy::handler::Handler;
 
 /// Largest request head accepted; hyper answers 431 beyond it.
@@ -22,6 +23,7 @@ pub async fn serve<I>(
     handler: Handler,
     header_timeout: Duration,
     draining: CancellationToken,
+    metrics: &Metrics,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -36,7 +38,17 @@ pub async fn serve<I>(
     tokio::select! {
         res = conn.as_mut() => {
             if let Err(e) = res {
-                tracing::debug!(error = %e, "client connection ended with an error");
+                // hyper refuses these before any request reaches the handler; count them
+                // like the handler's refusals (no route is known yet).
+                if e.is_timeout() {
+                    metrics.handshake(NO_ROUTE, Outcome::Timeout);
+                    tracing::info!(target: "wsgate::access", "request head not received in time, connection closed");
+                } else if e.is_parse_too_large() {
+                    metrics.handshake(NO_ROUTE, Outcome::Limited);
+                    tracing::info!(target: "wsgate::access", status = 431, "request head too large");
+                } else {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
             }
         }
         _ = draining.cancelled() => {
