@@ -91,6 +91,8 @@ pub struct RouteMetrics {
     pub active: IntGauge,
     /// `wsgate_connections_total{route}`.
     pub total: IntCounter,
+    /// `wsgate_handshakes_total{route,outcome="upgraded"}`, resolved once (the hot outcome).
+    pub upgraded: IntCounter,
     /// `wsgate_bytes_total{route,direction="client_to_upstream"}`.
     pub bytes_c2u: IntCounter,
     /// `wsgate_bytes_total{route,direction="upstream_to_client"}`.
@@ -186,6 +188,9 @@ impl Metrics {
             route: route.to_owned(),
             active: self.connections_active.with_label_values(&[route]),
             total: self.connections_total.with_label_values(&[route]),
+            upgraded: self
+                .handshakes_total
+                .with_label_values(&[route, Outcome::Upgraded.as_str()]),
             bytes_c2u: self
                 .bytes_total
                 .with_label_values(&[route, "client_to_upstream"]),

@@ -238,7 +238,7 @@ impl Handler {
         *client_resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *client_resp.headers_mut() = parts.headers;
 
-        route.metrics.handshake(Outcome::Upgraded);
+        route.metrics.upgraded.inc();
         route.metrics.total.inc();
         route
             .metrics
@@ -564,6 +564,19 @@ pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
 fn check_websocket_request<B>(req: &Request<B>) -> Result<(), Refusal> {
     if req.version() != Version::HTTP_11 {
         return Err(Refusal::BadRequest("WebSocket upgrade needs HTTP/1.1"));
+    }
+    // The connection is handed over right after the head: a body would be spliced to the
+    // upstream as if it were WebSocket data.
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().trim_ascii() != b"0");
+    if has_body {
+        return Err(Refusal::BadRequest(
+            "a WebSocket upgrade request has no body",
+        ));
     }
     let versions: Vec<_> = req
         .headers()

@@ -1,0 +1,89 @@
+//! Credentials: an `Authorization` header value and a query string (split at the first
+//! NUL byte) go through a route with a Basic and a JWT authenticator, and through
+//! `strip_query_param` / `is_acceptable_path`.
+//!
+//! Invariants: nothing panics; `strip_query_param` is idempotent and never returns an
+//! empty query; an admission names who was admitted.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use libfuzzer_sys::fuzz_target;
+use wsgate::auth::{Authenticator, HashLimiter, RouteAuth};
+use wsgate::config::{AuthConfig, BasicConfig, JwtConfig, JwtKey};
+
+struct Fixture {
+    route: RouteAuth,
+    runtime: tokio::runtime::Runtime,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        // Cost 4 keeps a lucky "alice:pw" from slowing the fuzzer down.
+        let hash = bcrypt::hash_with_result("pw", 4)
+            .unwrap()
+            .format_for_version(bcrypt::Version::TwoY);
+        let path =
+            std::env::temp_dir().join(format!("wsgate-fuzz-{}.htpasswd", std::process::id()));
+        std::fs::write(&path, format!("alice:{hash}\n")).unwrap();
+        let limiter = Arc::new(HashLimiter::new(1));
+        let basic = AuthConfig::Basic(BasicConfig {
+            realm: "fuzz".into(),
+            htpasswd: path,
+            cache_ttl: Duration::from_secs(60),
+        });
+        let jwt = AuthConfig::Jwt(JwtConfig {
+            query_param: "token".into(),
+            algorithms: vec![jsonwebtoken::Algorithm::HS256],
+            key: JwtKey::Secret("fuzz-secret-0123456789abcdef0123".into()),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+            max_token_bytes: 8192,
+        });
+        let auths = vec![
+            Arc::new(Authenticator::build("users", &basic, limiter.clone()).expect("basic")),
+            Arc::new(Authenticator::build("jwt", &jwt, limiter).expect("jwt")),
+        ];
+        Fixture {
+            route: RouteAuth::new(auths),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (header, query) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let query = String::from_utf8_lossy(query);
+
+    for name in ["token", "access_token", ""] {
+        if let Some(stripped) = wsgate::auth::strip_query_param(&query, name) {
+            assert!(!stripped.is_empty(), "Some(\"\") for {query:?}");
+            assert_eq!(
+                wsgate::auth::strip_query_param(&stripped, name).as_deref(),
+                Some(stripped.as_str()),
+                "not idempotent for {query:?} / {name:?}"
+            );
+        }
+    }
+    let _ = wsgate::route::is_acceptable_path(&query);
+
+    let f = fixture();
+    let mut headers = http::HeaderMap::new();
+    if let Ok(v) = http::HeaderValue::from_bytes(header) {
+        headers.insert(http::header::AUTHORIZATION, v);
+    }
+    let q = (!query.is_empty()).then_some(query.as_ref());
+    if let Ok(admission) = f.runtime.block_on(f.route.check(&headers, q)) {
+        assert!(!admission.identity.user.is_empty());
+    }
+    let _ = f.route.challenge();
+});
