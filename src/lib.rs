@@ -17,6 +17,7 @@ pub mod admin;
 pub mod auth;
 pub mod balance;
 pub mod config;
+pub mod forwarded;
 pub mod limits;
 pub mod listener;
 pub mod metrics;

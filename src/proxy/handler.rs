@@ -27,7 +27,7 @@ use crate::upstream::UpstreamStream;
 
 /// `X-Auth-User`: the authenticated identity, set by wsgate only.
 pub const X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+use crate::forwarded::X_FORWARDED_FOR;
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -387,30 +387,9 @@ impl Handler {
             .unwrap_or(Refusal::BadGateway))
     }
 
-    /// The client's address: the socket peer, or with `trusted_proxies` and a trusted
-    /// peer, the nearest untrusted address in `X-Forwarded-For`.
     fn client_ip(&self, headers: &HeaderMap) -> IpAddr {
-        let peer = self.client.peer.ip();
-        let Some(trusted) = &self.runtime.config.trusted_proxies else {
-            return peer;
-        };
-        let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-        if !is_trusted(&peer) {
-            return peer;
-        }
-        let hops: Vec<IpAddr> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|h| h.trim().parse().ok())
-            .collect();
-        hops.iter()
-            .rev()
-            .find(|ip| !is_trusted(ip))
-            .or(hops.first())
-            .copied()
-            .unwrap_or(peer)
+        let trusted = self.runtime.config.trusted_proxies.as_deref();
+        crate::forwarded::client_ip(self.client.peer.ip(), headers, trusted)
     }
 
     /// The request as the upstream sees it: credential removed, forwarding headers added.
@@ -443,17 +422,8 @@ impl Handler {
                 .map_err(|_| Refusal::BadRequest("identity not representable in a header"))?;
             headers.insert(X_AUTH_USER, user);
         }
-        let peer_ip = self.client.peer.ip();
-        // Without trusted_proxies the client's list is kept and extended (nginx's
-        // $proxy_add_x_forwarded_for); with it, an untrusted peer's list is replaced.
-        let keep = match &self.runtime.config.trusted_proxies {
-            None => true,
-            Some(trusted) => trusted.iter().any(|n| n.contains(&peer_ip)),
-        };
-        let xff = match joined(&headers, &X_FORWARDED_FOR).filter(|_| keep) {
-            Some(prev) => format!("{prev}, {peer_ip}"),
-            None => peer_ip.to_string(),
-        };
+        let trusted = self.runtime.config.trusted_proxies.as_deref();
+        let xff = crate::forwarded::x_forwarded_for(self.client.peer.ip(), &headers, trusted);
         set(&mut headers, X_FORWARDED_FOR, &xff)?;
         set(&mut headers, X_REAL_IP, &client_ip.to_string())?;
         headers.insert(
@@ -501,17 +471,6 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) -> Result<(), Ref
         .map_err(|_| Refusal::BadRequest("invalid forwarding header"))?;
     headers.insert(name, v);
     Ok(())
-}
-
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let values: Vec<&str> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    (!values.is_empty()).then(|| values.join(", "))
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named by `Connection`.
