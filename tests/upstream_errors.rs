@@ -835,7 +835,14 @@ async fn plain_http_is_proxied() {
     assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
     // Plain requests are not handshakes.
     let metrics = gate.metrics().await;
-    assert!(!metrics.contains("outcome=\"upgraded\""));
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "wsgate_handshakes_total{outcome=\"upgraded\",route=\"/ws\"}"
+        ),
+        0.0
+    );
+    assert!(!metrics.contains("outcome=\"upstream_error\""));
 }
 
 #[tokio::test]
