@@ -12,6 +12,8 @@
 //! [`Gateway::bind`] builds everything and binds the sockets; [`Gateway::run`] serves until
 //! the given shutdown future completes, then drains.
 #![forbid(unsafe_code)]
+// A client or a config must never be able to panic the gateway; tests may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin;
 pub mod auth;

@@ -1,5 +1,8 @@
 //! The `wsgate` command: CLI, logging, config loading, signals; everything else is the library.
 
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
