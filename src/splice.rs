@@ -310,6 +310,13 @@ pub struct Prebuffered<T> {
 impl<T> Prebuffered<T> {
     /// Wraps `inner`, replaying `pre` first.
     pub fn new(inner: T, pre: Bytes) -> Self {
+        // `pre` is a view into hyper's whole read buffer (8 KiB or more): keep only the
+        // bytes themselves, so an idle tunnel doesn't pin that buffer for its lifetime.
+        let pre = if pre.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&pre)
+        };
         Prebuffered { pre, inner }
     }
 }
@@ -324,6 +331,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prebuffered<T> {
         if !this.pre.is_empty() {
             let n = this.pre.len().min(buf.remaining());
             buf.put_slice(&this.pre.split_to(n));
+            if this.pre.is_empty() {
+                this.pre = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
