@@ -13,7 +13,10 @@
 //! the given shutdown future completes, then drains.
 #![forbid(unsafe_code)]
 // A client or a config must never be able to panic the gateway; tests may unwrap.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod admin;
 pub mod auth;
@@ -25,6 +28,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod registry;
 pub mod route;
 pub mod runtime;
 pub mod splice;
@@ -118,7 +122,7 @@ impl Gateway {
             metrics,
             tracker: TaskTracker::new(),
             draining: CancellationToken::new(),
-            hard_stop: CancellationToken::new(),
+            registry: registry::Registry::new(),
             limits: limits::Limits::new(),
             connections: Arc::new(Semaphore::new(runtime.config.limits.max_connections)),
             pending: Arc::new(Semaphore::new(runtime.config.limits.max_pending_handshakes)),
@@ -191,6 +195,11 @@ impl Gateway {
             ))
         });
 
+        let sweeper = tokio::spawn(sweep_idle_tunnels(
+            self.state.clone(),
+            self.shared.registry.clone(),
+        ));
+
         shutdown.await;
         let drain = self.state.load().config.shutdown.drain_timeout;
         let open = self.shared.tracker.len();
@@ -208,16 +217,40 @@ impl Gateway {
                 open_connections = self.shared.tracker.len(),
                 "drain deadline reached, closing the remaining connections"
             );
-            self.shared.hard_stop.cancel();
+            self.shared
+                .registry
+                .stop_all(registry::StopReason::Shutdown);
             // Tunnels stop at once on hard_stop; bound the wait in case a peer stalls
             // our final writes.
             let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.tracker.wait()).await;
         }
+        sweeper.abort();
         admin_stop.cancel();
         if let Some(t) = admin_task {
             let _ = t.await;
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Closes tunnels idle for `timeouts.tunnel_idle` (read at each tick, so reloads apply).
+/// One task for all tunnels instead of a timer in each keeps idle tunnels small.
+async fn sweep_idle_tunnels(state: Arc<ArcSwap<Runtime>>, registry: Arc<registry::Registry>) {
+    loop {
+        let idle = state.load().config.timeouts.tunnel_idle;
+        // Four looks per period: a tunnel is closed between 1 and 1.25 periods idle.
+        let tick = if idle.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
+        };
+        tokio::time::sleep(tick).await;
+        if !idle.is_zero() {
+            let n = registry.sweep_idle(idle);
+            if n > 0 {
+                tracing::debug!(tunnels = n, "closing idle tunnels");
+            }
+        }
     }
 }
 

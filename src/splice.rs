@@ -17,12 +17,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::metrics::RouteMetrics;
+use crate::registry::{StopReason, TunnelInfo};
+use crate::upstream::UpstreamStream;
 use bytes::Bytes;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::CancellationToken;
-
-use crate::metrics::RouteMetrics;
 
 /// Per-thread scratch buffer: one large read per readiness event, at no per-tunnel cost.
 const SCRATCH_SIZE: usize = 64 * 1024;
@@ -96,14 +100,13 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
-/// Copies both ways until both directions end, an error occurs, the tunnel is idle for
-/// `idle` (zero = never), or `stop` fires.
+/// Copies both ways until both directions end, an error occurs, or the registry asks
+/// the tunnel to stop (idle timeout, drain deadline) through `info`.
 pub async fn splice<C, U>(
     mut client: C,
     mut upstream: U,
     metrics: &RouteMetrics,
-    idle: Duration,
-    stop: CancellationToken,
+    info: &TunnelInfo,
 ) -> SpliceReport
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -111,14 +114,18 @@ where
 {
     metrics.active.inc();
     let _guard = ActiveGuard(metrics, Instant::now());
-    // Totals double as the activity signal for the idle check: one relaxed add per chunk
-    // on an uncontended cache line, no timer reset per chunk.
-    let c2u_total = AtomicU64::new(0);
-    let u2c_total = AtomicU64::new(0);
-    let mut c2u = Direction::new(&metrics.bytes_c2u, &c2u_total);
-    let mut u2c = Direction::new(&metrics.bytes_u2c, &u2c_total);
+    let mut c2u = Direction::new(&metrics.bytes_c2u, &info.client_to_upstream);
+    let mut u2c = Direction::new(&metrics.bytes_u2c, &info.upstream_to_client);
     let mut first: Option<ClosedBy> = None;
-    let copy = poll_fn(|cx| {
+    let ended = poll_fn(|cx| {
+        // Register before checking, so a stop that lands in between still wakes us.
+        info.register_waker(cx.waker());
+        if let Some(reason) = info.stop_reason() {
+            return Poll::Ready(match reason {
+                StopReason::Idle => Ended::Idle,
+                StopReason::Shutdown => Ended::Shutdown,
+            });
+        }
         let a = c2u.poll(cx, &mut client, &mut upstream);
         let b = u2c.poll(cx, &mut upstream, &mut client);
         if first.is_none() {
@@ -130,16 +137,12 @@ where
             }
         }
         match (a, b) {
-            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+            (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => Poll::Ready(Ended::Error),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ended::Closed),
             _ => Poll::Pending,
         }
-    });
-    let ended = tokio::select! {
-        r = copy => if r.is_ok() { Ended::Closed } else { Ended::Error },
-        _ = idle_watch(idle, &c2u_total, &u2c_total) => Ended::Idle,
-        _ = stop.cancelled() => Ended::Shutdown,
-    };
+    })
+    .await;
     drop((c2u, u2c));
     if ended != Ended::Closed {
         // Best effort and bounded: tell both peers we are done rather than leaving them
@@ -156,8 +159,8 @@ where
     };
     SpliceReport {
         ended,
-        client_to_upstream: c2u_total.load(Ordering::Relaxed),
-        upstream_to_client: u2c_total.load(Ordering::Relaxed),
+        client_to_upstream: info.client_to_upstream.load(Ordering::Relaxed),
+        upstream_to_client: info.upstream_to_client.load(Ordering::Relaxed),
         closed_by,
     }
 }
@@ -300,6 +303,97 @@ impl<'a> Direction<'a> {
     }
 }
 
+/// Either side of a tunnel, unwrapped from hyper's `Upgraded` where its type is known,
+/// so the splice is one instantiation and reads skip hyper's boxed wrapper. TLS
+/// streams are boxed: they are large, and the plain variant keeps the tunnel small.
+pub enum Side {
+    /// Plain TCP (client or upstream).
+    Tcp(Prebuffered<TcpStream>),
+    /// TLS client of a `wss://` listener.
+    ServerTls(Box<Prebuffered<tokio_rustls::server::TlsStream<TcpStream>>>),
+    /// TLS to a `wss://` upstream.
+    ClientTls(Box<Prebuffered<tokio_rustls::client::TlsStream<TcpStream>>>),
+    /// Anything else, still behind hyper's wrapper.
+    Upgraded(TokioIo<Upgraded>),
+}
+
+impl Side {
+    /// The client side of an upgraded connection.
+    pub fn client(u: Upgraded) -> Side {
+        match u.downcast::<TokioIo<TcpStream>>() {
+            Ok(p) => Side::Tcp(Prebuffered::new(p.io.into_inner(), p.read_buf)),
+            Err(u) => match u.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+                Ok(p) => Side::ServerTls(Box::new(Prebuffered::new(p.io.into_inner(), p.read_buf))),
+                Err(u) => Side::Upgraded(TokioIo::new(u)),
+            },
+        }
+    }
+
+    /// The upstream side of an upgraded connection.
+    pub fn upstream(u: Upgraded) -> Side {
+        match u.downcast::<TokioIo<UpstreamStream>>() {
+            Ok(p) => match p.io.into_inner() {
+                UpstreamStream::Plain(tcp) => Side::Tcp(Prebuffered::new(tcp, p.read_buf)),
+                UpstreamStream::Tls(tls) => {
+                    Side::ClientTls(Box::new(Prebuffered::new(*tls, p.read_buf)))
+                }
+            },
+            Err(u) => Side::Upgraded(TokioIo::new(u)),
+        }
+    }
+}
+
+macro_rules! side_dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Side::Tcp($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Side::ServerTls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+            Side::ClientTls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+            Side::Upgraded($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Side {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        side_dispatch!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Side {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        side_dispatch!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        side_dispatch!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        side_dispatch!(self, s => s.poll_shutdown(cx))
+    }
+}
+
 /// A stream that first yields bytes already read from it (hyper's read-ahead past the
 /// HTTP head), then reads from the stream itself.
 pub struct Prebuffered<T> {
@@ -358,27 +452,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prebuffered<T> {
     }
 }
 
-/// Resolves once no byte moved either way for `idle`; never when `idle` is zero.
-async fn idle_watch(idle: Duration, a: &AtomicU64, b: &AtomicU64) {
-    if idle.is_zero() {
-        return std::future::pending().await;
-    }
-    // Check four times per period: a tunnel is closed between 1 and 1.25 periods idle.
-    let tick = (idle / 4).max(Duration::from_millis(10));
-    let mut last = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
-    let mut quiet_since = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(tick).await;
-        let now = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
-        if now != last {
-            last = now;
-            quiet_since = tokio::time::Instant::now();
-        } else if quiet_since.elapsed() >= idle {
-            return;
-        }
-    }
-}
-
 /// Local byte tally, published in batches and on drop (so a cancelled pump still counts).
 struct Tally<'a> {
     counter: &'a IntCounter,
@@ -429,34 +502,5 @@ mod tests {
         let mut out = String::new();
         p.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello world");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_watch_fires_only_without_traffic() {
-        let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
-        let started = tokio::time::Instant::now();
-        idle_watch(Duration::from_secs(4), &a, &b).await;
-        let waited = started.elapsed();
-        assert!(
-            waited >= Duration::from_secs(4) && waited <= Duration::from_secs(5),
-            "{waited:?}"
-        );
-
-        // Traffic every second keeps it from firing for as long as it lasts.
-        let started = tokio::time::Instant::now();
-        let watch = idle_watch(Duration::from_secs(4), &a, &b);
-        let traffic = async {
-            for _ in 0..10 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                a.fetch_add(1, Ordering::Relaxed);
-            }
-            std::future::pending::<()>().await
-        };
-        tokio::select! { _ = watch => {}, _ = traffic => {} }
-        assert!(
-            started.elapsed() >= Duration::from_secs(14),
-            "{:?}",
-            started.elapsed()
-        );
     }
 }

@@ -11,7 +11,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::balance::ActiveGuard;
@@ -22,8 +21,7 @@ use crate::metrics::{NO_ROUTE, Outcome};
 use crate::proxy::Shared;
 use crate::proxy::response::{ProxyBody, Refusal, full};
 use crate::runtime::{Route, Runtime};
-use crate::splice::{self, Ended, Prebuffered};
-use crate::upstream::UpstreamStream;
+use crate::splice::{self, Ended};
 
 /// `X-Auth-User`: the authenticated identity, set by wsgate only.
 pub const X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
@@ -246,9 +244,8 @@ impl Handler {
             .observe(started.elapsed().as_secs_f64());
 
         let route = route.clone();
-        let stop = self.shared.hard_stop.clone();
         let permits = self.permits.clone();
-        let idle = self.runtime.config.timeouts.tunnel_idle;
+        let registry = self.shared.registry.clone();
         let user = admission.map(|a| a.identity.user);
         self.shared.tracker.spawn(async move {
             let _held = (permits, server_guard);
@@ -264,37 +261,21 @@ impl Handler {
                 }
             };
             let opened = Instant::now();
-            let (m, st) = (&route.metrics, stop);
-            let report = match c.downcast::<TokioIo<tokio::net::TcpStream>>() {
-                Ok(cp) => {
-                    let (c, pre_c) = (cp.io.into_inner(), cp.read_buf);
-                    match u.downcast::<TokioIo<UpstreamStream>>() {
-                        Ok(up) => match up.io.into_inner() {
-                            // Plain on both sides: splice the raw sockets, without dyn dispatch per read.
-                            UpstreamStream::Plain(u) => {
-                                let c = Prebuffered::new(c, pre_c);
-                                let u = Prebuffered::new(u, up.read_buf);
-                                splice::splice(c, u, m, idle, st).await
-                            }
-                            tls => {
-                                let c = Prebuffered::new(c, pre_c);
-                                let u = Prebuffered::new(tls, up.read_buf);
-                                splice::splice(c, u, m, idle, st).await
-                            }
-                        },
-                        Err(u) => {
-                            let c = Prebuffered::new(c, pre_c);
-                            splice::splice(c, TokioIo::new(u), m, idle, st).await
-                        }
-                    }
-                }
-                Err(c) => splice::splice(TokioIo::new(c), TokioIo::new(u), m, idle, st).await,
-            };
+            let info = Arc::new(crate::registry::TunnelInfo::new(
+                registry.next_id(),
+                route.path.clone(),
+                user,
+                client_ip,
+            ));
+            let _listed = registry.insert(info.clone());
+            let (c, u) = (splice::Side::client(c), splice::Side::upstream(u));
+            let report = splice::splice(c, u, &route.metrics, &info).await;
             tracing::info!(
                 target: "wsgate::access",
                 route = %route.path,
                 client = %client_ip,
-                user = user.as_deref().unwrap_or("-"),
+                id = info.id,
+                user = info.user.as_deref().unwrap_or("-"),
                 upstream = %server,
                 status = 101,
                 duration_ms = opened.elapsed().as_millis() as u64,

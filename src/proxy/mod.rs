@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 
 /// Process-wide pieces every connection shares.
 pub struct Shared {
@@ -22,8 +23,8 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Fired when draining starts: stop accepting, finish in-flight requests.
     pub draining: CancellationToken,
-    /// Fired at the drain deadline: close every tunnel still open.
-    pub hard_stop: CancellationToken,
+    /// Every open tunnel (the drain deadline and the idle sweeper stop them through it).
+    pub registry: Arc<Registry>,
     /// Per-client-IP connection counts and handshake buckets.
     pub limits: Arc<Limits>,
     /// Open client connections (`limits.max_connections`).

@@ -1,0 +1,269 @@
+//! The connection registry: every open tunnel, its identity and live byte counts.
+//!
+//! The byte-moving path never takes a lock here: it only bumps the tunnel's own atomics.
+//! Locks (sharded by id) are taken when a tunnel opens or closes, and by the sweeper and
+//! admin paths that walk the table. Stopping a tunnel sets a reason and wakes its task,
+//! which then closes both sides itself; no per-tunnel timer or cancellation future
+//! exists, which keeps an idle tunnel small and its wake-ups cheap. The session layer
+//! (listing connections, kicking users, token expiry) builds on the same entries.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::task::AtomicWaker;
+
+const SHARDS: usize = 16;
+
+/// Why the gateway stopped a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StopReason {
+    /// No bytes either way for `timeouts.tunnel_idle`.
+    Idle = 1,
+    /// The drain deadline passed.
+    Shutdown = 2,
+}
+
+impl StopReason {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(StopReason::Idle),
+            2 => Some(StopReason::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+/// One open tunnel as the rest of the gateway sees it.
+#[derive(Debug)]
+pub struct TunnelInfo {
+    /// Unique for the life of the process.
+    pub id: u64,
+    /// The route's path.
+    pub route: String,
+    /// The authenticated user, if any.
+    pub user: Option<String>,
+    /// The client's address (after PROXY protocol / trusted proxies).
+    pub client: IpAddr,
+    /// When the 101 went out.
+    pub opened: SystemTime,
+    /// Bytes client → upstream so far.
+    pub client_to_upstream: AtomicU64,
+    /// Bytes upstream → client so far.
+    pub upstream_to_client: AtomicU64,
+    stop: AtomicU8,
+    waker: AtomicWaker,
+    // Owned by the sweeper: the total it last saw, and since when (registry ms) it's unchanged.
+    seen_total: AtomicU64,
+    quiet_since_ms: AtomicU64,
+}
+
+impl TunnelInfo {
+    /// Describes a tunnel about to open.
+    pub fn new(id: u64, route: String, user: Option<String>, client: IpAddr) -> Self {
+        TunnelInfo {
+            id,
+            route,
+            user,
+            client,
+            opened: SystemTime::now(),
+            client_to_upstream: AtomicU64::new(0),
+            upstream_to_client: AtomicU64::new(0),
+            stop: AtomicU8::new(0),
+            waker: AtomicWaker::new(),
+            seen_total: AtomicU64::new(0),
+            quiet_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Asks the tunnel to close (first reason wins) and wakes its task.
+    pub fn stop(&self, reason: StopReason) {
+        if self
+            .stop
+            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.waker.wake();
+        }
+    }
+
+    /// The reason the tunnel was asked to stop, if it was.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        StopReason::from_u8(self.stop.load(Ordering::Acquire))
+    }
+
+    /// Registers the task to wake on [`stop`](Self::stop); call before checking the reason.
+    pub fn register_waker(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
+    fn total(&self) -> u64 {
+        self.client_to_upstream.load(Ordering::Relaxed)
+            + self.upstream_to_client.load(Ordering::Relaxed)
+    }
+}
+
+/// All open tunnels.
+#[derive(Debug)]
+pub struct Registry {
+    shards: Vec<Mutex<HashMap<u64, Arc<TunnelInfo>>>>,
+    next_id: AtomicU64,
+    epoch: Instant,
+}
+
+/// Keeps a tunnel listed until dropped.
+#[derive(Debug)]
+pub struct Registered {
+    registry: Arc<Registry>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.shard(self.id).remove(&self.id);
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Registry {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_id: AtomicU64::new(1),
+            epoch: Instant::now(),
+        })
+    }
+
+    // A poisoned shard only means a panic elsewhere mid-insert; the map is still usable.
+    fn shard(&self, id: u64) -> MutexGuard<'_, HashMap<u64, Arc<TunnelInfo>>> {
+        self.shards[(id as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A fresh tunnel id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Lists `info` until the returned guard drops.
+    pub fn insert(self: &Arc<Self>, info: Arc<TunnelInfo>) -> Registered {
+        info.quiet_since_ms.store(self.now_ms(), Ordering::Relaxed);
+        let id = info.id;
+        self.shard(id).insert(id, info);
+        Registered {
+            registry: self.clone(),
+            id,
+        }
+    }
+
+    /// Open tunnels.
+    pub fn len(&self) -> usize {
+        (0..SHARDS).map(|i| self.shard(i as u64).len()).sum()
+    }
+
+    /// Whether no tunnel is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy of every entry (for admin listings).
+    pub fn snapshot(&self) -> Vec<Arc<TunnelInfo>> {
+        (0..SHARDS)
+            .flat_map(|i| self.shard(i as u64).values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Stops every tunnel (drain deadline).
+    pub fn stop_all(&self, reason: StopReason) {
+        for t in self.snapshot() {
+            t.stop(reason);
+        }
+    }
+
+    /// Stops tunnels that moved no byte for `idle`; returns how many.
+    pub fn sweep_idle(&self, idle: Duration) -> usize {
+        let now = self.now_ms();
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let mut stopped = 0;
+        for t in self.snapshot() {
+            let total = t.total();
+            if total != t.seen_total.load(Ordering::Relaxed) {
+                t.seen_total.store(total, Ordering::Relaxed);
+                t.quiet_since_ms.store(now, Ordering::Relaxed);
+            } else if now.saturating_sub(t.quiet_since_ms.load(Ordering::Relaxed)) >= idle_ms {
+                t.stop(StopReason::Idle);
+                stopped += 1;
+            }
+        }
+        stopped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(r: &Arc<Registry>) -> Arc<TunnelInfo> {
+        Arc::new(TunnelInfo::new(
+            r.next_id(),
+            "/ws".into(),
+            None,
+            [127, 0, 0, 1].into(),
+        ))
+    }
+
+    #[test]
+    fn entries_live_as_long_as_their_guard() {
+        let r = Registry::new();
+        let a = r.insert(info(&r));
+        let b = r.insert(info(&r));
+        assert_eq!(r.len(), 2);
+        drop(a);
+        assert_eq!(r.len(), 1);
+        drop(b);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn sweep_stops_only_quiet_tunnels() {
+        let r = Registry::new();
+        let quiet = info(&r);
+        let busy = info(&r);
+        let _g1 = r.insert(quiet.clone());
+        let _g2 = r.insert(busy.clone());
+        std::thread::sleep(Duration::from_millis(30));
+        busy.client_to_upstream.fetch_add(10, Ordering::Relaxed);
+        assert_eq!(r.sweep_idle(Duration::from_millis(20)), 1);
+        assert_eq!(quiet.stop_reason(), Some(StopReason::Idle));
+        assert_eq!(
+            busy.stop_reason(),
+            None,
+            "traffic since the last sweep resets the clock"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            r.sweep_idle(Duration::from_millis(20)),
+            2,
+            "quiet again: both"
+        );
+        assert_eq!(busy.stop_reason(), Some(StopReason::Idle));
+    }
+
+    #[test]
+    fn first_stop_reason_wins() {
+        let r = Registry::new();
+        let t = info(&r);
+        let _g = r.insert(t.clone());
+        r.stop_all(StopReason::Shutdown);
+        t.stop(StopReason::Idle);
+        assert_eq!(t.stop_reason(), Some(StopReason::Shutdown));
+    }
+}
