@@ -69,7 +69,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let _log_guard = init_logging(cli.log_format);
     match cli.command {
         Some(Command::Check) => check(&cli.config),
         Some(Command::HashPassword { user, argon2 }) => hash_password(user, argon2),
@@ -78,16 +78,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go through a background writer thread: the access log is one line per tunnel and
+/// per refusal, and a blocking stderr write per line would sit on the handshake path.
+/// The returned guard flushes what is queued when dropped at exit.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        // Under a flood, block briefly rather than silently drop access-log lines.
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 fn load(path: &std::path::Path) -> Result<config::Config, config::ConfigErrors> {
