@@ -10,10 +10,11 @@
 //! hook in.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -103,10 +104,10 @@ impl Drop for ActiveGuard<'_> {
 /// Copies both ways until both directions end, an error occurs, or the registry asks
 /// the tunnel to stop (idle timeout, drain deadline) through `info`.
 pub async fn splice<C, U>(
-    mut client: C,
-    mut upstream: U,
+    client: C,
+    upstream: U,
     metrics: &RouteMetrics,
-    info: &TunnelInfo,
+    info: Arc<TunnelInfo>,
 ) -> SpliceReport
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -114,26 +115,80 @@ where
 {
     metrics.active.inc();
     let _guard = ActiveGuard(metrics, Instant::now());
-    let mut c2u = Direction::new(&metrics.bytes_c2u, &info.client_to_upstream);
-    let mut u2c = Direction::new(&metrics.bytes_u2c, &info.upstream_to_client);
-    let mut first: Option<ClosedBy> = None;
-    let ended = poll_fn(|cx| {
+    let mut tunnel = Tunnel {
+        client,
+        upstream,
+        c2u: Direction::new(metrics.bytes_c2u.clone(), true),
+        u2c: Direction::new(metrics.bytes_u2c.clone(), false),
+        info,
+        first: None,
+    };
+    let ended = (&mut tunnel).await;
+    tunnel.c2u.publish();
+    tunnel.u2c.publish();
+    if ended != Ended::Closed {
+        // Best effort and bounded: tell both peers we are done rather than leaving them
+        // to time out. Boxed: it runs once at the end, so its timer needn't live inline in
+        // every idle tunnel's future.
+        let Tunnel {
+            client, upstream, ..
+        } = &mut tunnel;
+        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = poll_fn(|cx| Pin::new(&mut *client).poll_shutdown(cx)).await;
+            let _ = poll_fn(|cx| Pin::new(&mut *upstream).poll_shutdown(cx)).await;
+        }))
+        .await;
+    }
+    let closed_by = match ended {
+        Ended::Idle | Ended::Shutdown => ClosedBy::Gateway,
+        _ => tunnel.first.unwrap_or(ClosedBy::Client),
+    };
+    SpliceReport {
+        ended,
+        client_to_upstream: tunnel.info.client_to_upstream.load(Ordering::Relaxed),
+        upstream_to_client: tunnel.info.upstream_to_client.load(Ordering::Relaxed),
+        closed_by,
+    }
+}
+
+/// The steady state of a tunnel, as a plain struct rather than an `async` block: its size
+/// is what an idle tunnel costs, so it holds only the two sides, two small direction
+/// states and the registry entry.
+struct Tunnel<C, U> {
+    client: C,
+    upstream: U,
+    c2u: Direction,
+    u2c: Direction,
+    info: Arc<TunnelInfo>,
+    first: Option<ClosedBy>,
+}
+
+impl<C, U> Future for Tunnel<C, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = Ended;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let t = self.get_mut();
         // Register before checking, so a stop that lands in between still wakes us.
-        info.register_waker(cx.waker());
-        if let Some(reason) = info.stop_reason() {
+        t.info.register_waker(cx.waker());
+        if let Some(reason) = t.info.stop_reason() {
             return Poll::Ready(match reason {
                 StopReason::Idle => Ended::Idle,
                 StopReason::Shutdown => Ended::Shutdown,
             });
         }
-        let a = c2u.poll(cx, &mut client, &mut upstream);
-        let b = u2c.poll(cx, &mut upstream, &mut client);
-        if first.is_none() {
+        let info = &*t.info;
+        let a = t.c2u.poll(cx, &mut t.client, &mut t.upstream, info);
+        let b = t.u2c.poll(cx, &mut t.upstream, &mut t.client, info);
+        if t.first.is_none() {
             // Remember who hung up (or failed) first, for the access log.
-            if c2u.finished() {
-                first = Some(ClosedBy::Client);
-            } else if u2c.finished() {
-                first = Some(ClosedBy::Upstream);
+            if t.c2u.finished() {
+                t.first = Some(ClosedBy::Client);
+            } else if t.u2c.finished() {
+                t.first = Some(ClosedBy::Upstream);
             }
         }
         match (a, b) {
@@ -141,36 +196,19 @@ where
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ended::Closed),
             _ => Poll::Pending,
         }
-    })
-    .await;
-    drop((c2u, u2c));
-    if ended != Ended::Closed {
-        // Best effort and bounded: tell both peers we are done rather than leaving them
-        // to time out, without letting a stalled peer hold the task.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = poll_fn(|cx| Pin::new(&mut client).poll_shutdown(cx)).await;
-            let _ = poll_fn(|cx| Pin::new(&mut upstream).poll_shutdown(cx)).await;
-        })
-        .await;
-    }
-    let closed_by = match ended {
-        Ended::Idle | Ended::Shutdown => ClosedBy::Gateway,
-        _ => first.unwrap_or(ClosedBy::Client),
-    };
-    SpliceReport {
-        ended,
-        client_to_upstream: info.client_to_upstream.load(Ordering::Relaxed),
-        upstream_to_client: info.upstream_to_client.load(Ordering::Relaxed),
-        closed_by,
     }
 }
 
-/// One direction of the copy, driven by [`splice`]'s single future.
-struct Direction<'a> {
+/// One direction of the copy. Byte counts go to the tunnel's own atomics at once (the
+/// registry and idle sweeper read them) and to the shared route counter in batches.
+struct Direction {
     /// Bytes read but not yet accepted by the writer (rare: only under backpressure).
-    pending: Option<(Vec<u8>, usize)>,
+    pending: Option<Box<(Vec<u8>, usize)>>,
     state: DirState,
-    tally: Tally<'a>,
+    client_to_upstream: bool,
+    chunks: u32,
+    unpublished: u64,
+    counter: IntCounter,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,18 +225,47 @@ enum Read {
     Moved(usize),
 }
 
-impl<'a> Direction<'a> {
-    fn new(counter: &'a IntCounter, total: &'a AtomicU64) -> Self {
+impl Drop for Direction {
+    fn drop(&mut self) {
+        self.publish();
+    }
+}
+
+impl Direction {
+    fn new(counter: IntCounter, client_to_upstream: bool) -> Self {
         Direction {
             pending: None,
             state: DirState::Copying,
-            tally: Tally {
-                counter,
-                total,
-                unpublished: 0,
-                chunks: 0,
-            },
+            client_to_upstream,
+            chunks: 0,
+            unpublished: 0,
+            counter,
         }
+    }
+
+    #[inline]
+    fn add(&mut self, n: usize, info: &TunnelInfo) {
+        let total = if self.client_to_upstream {
+            &info.client_to_upstream
+        } else {
+            &info.upstream_to_client
+        };
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        self.unpublished += n as u64;
+        self.chunks += 1;
+        // Batching keeps the shared route counter off the per-chunk path, while chatty
+        // small-message tunnels still show up within a few dozen messages.
+        if self.unpublished >= FLUSH_EVERY || self.chunks >= FLUSH_CHUNKS {
+            self.publish();
+        }
+    }
+
+    fn publish(&mut self) {
+        if self.unpublished > 0 {
+            self.counter.inc_by(self.unpublished);
+        }
+        self.unpublished = 0;
+        self.chunks = 0;
     }
 
     /// The reader side has ended (EOF or error) and nothing more will be read.
@@ -206,12 +273,18 @@ impl<'a> Direction<'a> {
         self.state != DirState::Copying
     }
 
-    fn poll<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<io::Result<()>>
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+        info: &TunnelInfo,
+    ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let result = self.poll_inner(cx, r, w);
+        let result = self.poll_inner(cx, r, w, info);
         if let Poll::Ready(Err(_)) = result {
             self.state = DirState::Done;
         }
@@ -223,13 +296,15 @@ impl<'a> Direction<'a> {
         cx: &mut Context<'_>,
         r: &mut R,
         w: &mut W,
+        info: &TunnelInfo,
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         loop {
-            if let Some((buf, off)) = &mut self.pending {
+            if let Some(pending) = &mut self.pending {
+                let (buf, off) = &mut **pending;
                 while *off < buf.len() {
                     let n = ready!(Pin::new(&mut *w).poll_write(cx, &buf[*off..]))?;
                     if n == 0 {
@@ -250,7 +325,7 @@ impl<'a> Direction<'a> {
             }
             let step = SCRATCH.with_borrow_mut(|scratch| self.read_and_write(cx, r, w, scratch))?;
             match step {
-                Read::Moved(n) => self.tally.add(n),
+                Read::Moved(n) => self.add(n, info),
                 Read::Eof => self.state = DirState::ShuttingDown,
                 Read::Pending => {
                     // Nothing to read: push out anything a TLS writer still buffers, so
@@ -294,7 +369,7 @@ impl<'a> Direction<'a> {
                 Poll::Ready(Ok(n)) => off += n,
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => {
-                    self.pending = Some((data[off..].to_vec(), 0));
+                    self.pending = Some(Box::new((data[off..].to_vec(), 0)));
                     break;
                 }
             }
@@ -449,42 +524,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prebuffered<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-/// Local byte tally, published in batches and on drop (so a cancelled pump still counts).
-struct Tally<'a> {
-    counter: &'a IntCounter,
-    total: &'a AtomicU64,
-    unpublished: u64,
-    chunks: u32,
-}
-
-impl Tally<'_> {
-    #[inline]
-    fn add(&mut self, n: usize) {
-        self.total.fetch_add(n as u64, Ordering::Relaxed);
-        self.unpublished += n as u64;
-        self.chunks += 1;
-        // Batching keeps the shared atomic off the per-chunk path, while chatty
-        // small-message tunnels still show up within a few dozen messages.
-        if self.unpublished >= FLUSH_EVERY || self.chunks >= FLUSH_CHUNKS {
-            self.publish();
-        }
-    }
-
-    fn publish(&mut self) {
-        if self.unpublished > 0 {
-            self.counter.inc_by(self.unpublished);
-        }
-        self.unpublished = 0;
-        self.chunks = 0;
-    }
-}
-
-impl Drop for Tally<'_> {
-    fn drop(&mut self) {
-        self.publish();
     }
 }
 

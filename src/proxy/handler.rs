@@ -249,7 +249,10 @@ impl Handler {
         let user = admission.map(|a| a.identity.user);
         self.shared.tracker.spawn(async move {
             let _held = (permits, server_guard);
-            let (c, u) = match tokio::join!(client_upgrade, upstream_upgrade) {
+            // Boxed so the waiting state doesn't stay inline in the tunnel's future for its
+            // whole life (an idle tunnel's memory is mostly this future).
+            let upgrades = Box::pin(async { tokio::join!(client_upgrade, upstream_upgrade) });
+            let (c, u) = match upgrades.await {
                 (Ok(c), Ok(u)) => (c, u),
                 (c, u) => {
                     tracing::debug!(
@@ -269,7 +272,7 @@ impl Handler {
             ));
             let _listed = registry.insert(info.clone());
             let (c, u) = (splice::Side::client(c), splice::Side::upstream(u));
-            let report = splice::splice(c, u, &route.metrics, &info).await;
+            let report = splice::splice(c, u, &route.metrics, info.clone()).await;
             tracing::info!(
                 target: "wsgate::access",
                 route = %route.path,
