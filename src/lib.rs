@@ -1,12 +1,15 @@
 //! wsgate: an authenticated WebSocket gateway.
 //!
 //! ```text
-//!  listener ──► tls ──► proxy::conn ──► proxy::handler ──► route ──► auth ──► upstream ──► splice
-//!  (accept,     (rustls,   (hyper h1,       (request phases;    (prefix   (basic,   (connect,     (bytes both
-//!   permits)     timeout)   upgrades,        refusals via        match)    jwt)      forward,      ways, drain-
-//!                           drain)           proxy::response)                        101 check)    aware)
-//!  side channels: metrics (handles), admin (/metrics /healthz /readyz), tracing logs
-//!  leaves: config (YAML → typed), runtime (typed → loaded state, swapped on reload)
+//!  listener ──► proxy_protocol ──► tls ──► proxy::conn ──► proxy::handler ──► route ──► auth ──► balance/upstream ──► splice
+//!  (accept,     (opt-in PROXY      (rustls,  (hyper h1,     (request phases:    (prefix   (basic,   (pick a server,        (one future,
+//!   permits,     v1/v2 header)      timeout)  upgrades,      origin, rate,       match)    jwt)      connect, forward,      both ways,
+//!   limits)                                   drain)         refusals via                            101 check)             registry entry)
+//!                                                            proxy::response)
+//!  side channels: metrics (handles), admin (/metrics /healthz /readyz, POST /reload), tracing logs,
+//!                 registry (open tunnels: idle sweeper, drain deadline, future admin API)
+//!  leaves: config (YAML → typed), runtime (typed → loaded state, swapped on reload), forwarded
+//!          (client address, X-Forwarded-For), limits (per-IP counters)
 //! ```
 //!
 //! [`Gateway::bind`] builds everything and binds the sockets; [`Gateway::run`] serves until
