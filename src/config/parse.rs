@@ -190,6 +190,25 @@ impl Walker<'_> {
         }
     }
 
+    /// A required, non-empty top-level list; empty (with the error recorded) otherwise.
+    fn required_list<'v>(
+        &mut self,
+        root: &'v Map<String, Value>,
+        key: &str,
+        what: &str,
+    ) -> &'v [Value] {
+        let Some(v) = self.required(root, "", key) else {
+            return &[];
+        };
+        let Some(items) = self.list(v, key) else {
+            return &[];
+        };
+        if items.is_empty() {
+            self.err(key, format!("at least one {what} is required"));
+        }
+        items
+    }
+
     /// A string value with `${VAR}` expanded.
     fn string(&mut self, v: &Value, path: &str) -> Option<String> {
         let Value::String(raw) = v else {
@@ -382,15 +401,7 @@ impl Walker<'_> {
     /// Returns each valid listener with its YAML path, for conflict messages.
     fn listeners(&mut self, root: &Map<String, Value>) -> Vec<(ListenerConfig, String)> {
         let mut out: Vec<(ListenerConfig, String)> = Vec::new();
-        let Some(v) = self.required(root, "", "listeners") else {
-            return out;
-        };
-        let Some(items) = self.list(v, "listeners") else {
-            return out;
-        };
-        if items.is_empty() {
-            self.err("listeners", "at least one listener is required");
-        }
+        let items = self.required_list(root, "listeners", "listener");
         for (i, item) in items.iter().enumerate() {
             let path = idx("listeners", i);
             let Some(m) = self.map(item, &path, LISTENER_KEYS) else {
@@ -702,15 +713,7 @@ impl Walker<'_> {
     ) -> Vec<RouteConfig> {
         let mut out: Vec<RouteConfig> = Vec::new();
         let mut seen: Vec<(String, String)> = Vec::new();
-        let Some(v) = self.required(root, "", "routes") else {
-            return out;
-        };
-        let Some(items) = self.list(v, "routes") else {
-            return out;
-        };
-        if items.is_empty() {
-            self.err("routes", "at least one route is required");
-        }
+        let items = self.required_list(root, "routes", "route");
         for (i, item) in items.iter().enumerate() {
             let path = idx("routes", i);
             let Some(m) = self.map(item, &path, ROUTE_KEYS) else {
