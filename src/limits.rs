@@ -79,8 +79,9 @@ impl Limits {
         })
     }
 
-    /// Open connections of `ip` (for tests and diagnostics).
-    pub fn connections(&self, ip: IpAddr) -> u32 {
+    /// Open connections of `ip`.
+    #[cfg(test)]
+    fn connections(&self, ip: IpAddr) -> u32 {
         lock(&self.conns[shard(ip)]).get(&ip).copied().unwrap_or(0)
     }
 

@@ -24,11 +24,6 @@ impl<T> Router<T> {
             .find(|(prefix, _)| segment_prefix(prefix, path))
             .map(|(_, v)| v)
     }
-
-    /// All values, most specific first.
-    pub fn values(&self) -> impl Iterator<Item = &T> {
-        self.entries.iter().map(|(_, v)| v)
-    }
 }
 
 fn segment_prefix(prefix: &str, path: &str) -> bool {

@@ -7,14 +7,13 @@
 //! one case's sockets never show up in another's fd count.
 mod common;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -139,22 +138,6 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     );
     assert!(closed, "connection left open after {status}: {head}");
     (status, head)
-}
-
-/// An upstream that runs `serve` on every accepted connection.
-async fn spawn_upstream<F, Fut>(serve: F) -> SocketAddr
-where
-    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(serve(s));
-        }
-    });
-    addr
 }
 
 /// Reads through the end of a request head; returns the head and any bytes after it.

@@ -2,7 +2,6 @@
 //! splice, all over real sockets against a real gateway.
 mod common;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -48,22 +47,6 @@ fn active(route: &str) -> String {
 
 fn bytes(direction: &str, route: &str) -> String {
     format!("wsgate_bytes_total{{direction=\"{direction}\",route=\"{route}\"}}")
-}
-
-/// An upstream that runs `serve` on every accepted connection.
-async fn spawn_upstream<F, Fut>(serve: F) -> SocketAddr
-where
-    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(serve(s));
-        }
-    });
-    addr
 }
 
 /// Reads a request head (through the blank line) and a Content-Length body, if any.

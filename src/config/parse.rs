@@ -383,15 +383,25 @@ impl Walker<'_> {
     }
 
     fn trusted_proxies(&mut self, v: &Value) -> Option<Vec<ipnet::IpNet>> {
-        let items = self.list(v, "trusted_proxies")?;
+        self.validated_list(v, "trusted_proxies", validate::cidr)
+    }
+
+    /// A list of strings, each checked by `check`; every bad entry is reported with its path.
+    fn validated_list<T>(
+        &mut self,
+        v: &Value,
+        path: &str,
+        check: fn(&str) -> Result<T, String>,
+    ) -> Option<Vec<T>> {
+        let items = self.list(v, path)?;
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
-            let p = idx("trusted_proxies", i);
+            let p = idx(path, i);
             let Some(s) = self.string(item, &p) else {
                 continue;
             };
-            match validate::cidr(&s) {
-                Ok(net) => out.push(net),
+            match check(&s) {
+                Ok(x) => out.push(x),
                 Err(m) => self.err(p, m),
             }
         }
@@ -826,25 +836,13 @@ impl Walker<'_> {
     }
 
     fn origins(&mut self, v: &Value, path: &str) -> Option<Vec<OriginPattern>> {
-        let items = self.list(v, path)?;
-        if items.is_empty() {
+        if matches!(v, Value::Array(items) if items.is_empty()) {
             self.err(
                 path,
                 "an empty list would refuse every browser: remove the key to allow any origin",
             );
         }
-        let mut out = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let p = idx(path, i);
-            let Some(s) = self.string(item, &p) else {
-                continue;
-            };
-            match validate::origin(&s) {
-                Ok(o) => out.push(o),
-                Err(m) => self.err(p, m),
-            }
-        }
-        Some(out)
+        self.validated_list(v, path, validate::origin)
     }
 
     fn route_auth(&mut self, v: &Value, path: &str, defined: &BTreeSet<String>) -> Vec<String> {

@@ -16,7 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::balance::ActiveGuard;
 use crate::limits::IpSlot;
 
-use crate::auth::{Admission, AuthFailure, Consumed};
+use crate::auth::{Admission, AuthFailure};
 use crate::metrics::{NO_ROUTE, Outcome};
 use crate::proxy::Shared;
 use crate::proxy::response::{ProxyBody, Refusal, full};
@@ -397,9 +397,6 @@ impl Handler {
             // backend, nor a second identity.
             headers.remove(header::AUTHORIZATION);
             for name in route_auth.credential_query_params() {
-                query = query.and_then(|q| crate::auth::strip_query_param(&q, name));
-            }
-            if let Consumed::QueryParam(name) = &a.consumed {
                 query = query.and_then(|q| crate::auth::strip_query_param(&q, name));
             }
             let user = HeaderValue::from_str(&a.identity.user)
