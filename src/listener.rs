@@ -88,9 +88,13 @@ pub async fn accept_loop(
             continue;
         };
         let shared2 = shared.clone();
+        let state2 = state.clone();
         let index = listener.index;
         shared.tracker.spawn(async move {
-            handle_connection(stream, peer, index, runtime, shared2, connection, pending).await;
+            handle_connection(
+                stream, peer, index, runtime, state2, shared2, connection, pending,
+            )
+            .await;
         });
     }
 }
@@ -120,11 +124,13 @@ fn refuse(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle_connection(
     mut stream: TcpStream,
     mut peer: SocketAddr,
     index: usize,
     runtime: Arc<Runtime>,
+    state: Arc<ArcSwap<Runtime>>,
     shared: Arc<Shared>,
     connection: OwnedSemaphorePermit,
     pending: OwnedSemaphorePermit,
@@ -175,7 +181,7 @@ async fn handle_connection(
     match tls {
         None => {
             let metrics = shared.metrics.clone();
-            let handler = Handler::new(runtime, ClientConn { peer, tls: false }, shared, permits);
+            let handler = Handler::new(state, ClientConn { peer, tls: false }, shared, permits);
             crate::proxy::conn::serve(stream, handler, timeouts.request_header, draining, &metrics)
                 .await;
         }
@@ -194,7 +200,7 @@ async fn handle_connection(
                 }
             };
             let metrics = shared.metrics.clone();
-            let handler = Handler::new(runtime, ClientConn { peer, tls: true }, shared, permits);
+            let handler = Handler::new(state, ClientConn { peer, tls: true }, shared, permits);
             crate::proxy::conn::serve(
                 tls_stream,
                 handler,

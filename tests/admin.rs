@@ -400,3 +400,73 @@ async fn reload_adds_routes_keeps_tunnels_and_refuses_listener_changes() {
     close(tunnel).await;
     assert_eq!(wait_metric(&gate, &active("/ws"), 0.0).await, 0.0);
 }
+
+/// One request on an already open keep-alive connection; (status, head).
+async fn on_same_connection(s: &mut TcpStream, request: &str) -> (u16, String) {
+    s.write_all(request.as_bytes()).await.unwrap();
+    let (status, head, _) = read_response(s).await;
+    (status, head)
+}
+
+#[tokio::test]
+async fn reload_revokes_users_and_keys_on_keep_alive_connections() {
+    let up = echo_upstream().await;
+    let files = Files::new();
+    files.write(
+        "users.htpasswd",
+        &format!(
+            "{}\n{}\n",
+            htpasswd_line("alice", "pw-a"),
+            htpasswd_line("bob", "pw-b")
+        ),
+    );
+    let old_secret = "first-secret-0123456789abcdef0123456789";
+    let new_secret = "second-secret-0123456789abcdef012345678";
+    let yaml = |secret: &str| {
+        format!(
+            "listeners:\n  - bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - path: /private\n    upstream: ws://{up}\n    auth: [users]\n  - path: /jwt\n    upstream: ws://{up}\n    auth: [tokens]\nauth:\n  users:\n    type: basic\n    htpasswd: users.htpasswd\n  tokens:\n    type: jwt\n    algorithms: [HS256]\n    secret: \"{secret}\"\n",
+            up = up.addr
+        )
+    };
+    let gate = start_gate(files, &yaml(old_secret)).await;
+    let alice = basic("alice", "pw-a");
+    let get_private =
+        format!("GET /private HTTP/1.1\r\nHost: gate.test\r\nAuthorization: {alice}\r\n\r\n");
+    let mut keep_alive = TcpStream::connect(gate.addr()).await.unwrap();
+    assert_eq!(
+        on_same_connection(&mut keep_alive, &get_private).await.0,
+        200
+    );
+    let token = jwt_with(
+        serde_json::json!({"sub": "carol"}),
+        old_secret,
+        jsonwebtoken::Algorithm::HS256,
+    );
+    let mut jwt_conn = TcpStream::connect(gate.addr()).await.unwrap();
+    let get_jwt = format!("GET /jwt?token={token} HTTP/1.1\r\nHost: gate.test\r\n\r\n");
+    assert_eq!(on_same_connection(&mut jwt_conn, &get_jwt).await.0, 200);
+
+    // Remove alice, rotate the JWT secret, reload.
+    gate.files.write(
+        "users.htpasswd",
+        &format!("{}\n", htpasswd_line("bob", "pw-b")),
+    );
+    gate.reloader
+        .reload(parse(&gate, &yaml(new_secret)))
+        .expect("valid reload refused");
+
+    let (status, head) = on_same_connection(&mut keep_alive, &get_private).await;
+    assert_eq!(
+        status, 401,
+        "removed user still admitted on a keep-alive connection: {head}"
+    );
+    let (status, head) = on_same_connection(
+        &mut jwt_conn,
+        &upgrade_request(&format!("/jwt?token={token}"), ""),
+    )
+    .await;
+    assert_eq!(
+        status, 401,
+        "old-secret JWT upgraded on a keep-alive connection: {head}"
+    );
+}

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -52,10 +53,14 @@ pub struct ConnPermits {
     pub pending: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
-/// Serves requests of one client connection against one runtime snapshot.
+/// Serves requests of one client connection.
+///
+/// The runtime (routes, authenticators, limits) is loaded afresh for every request, not once
+/// per connection: a reload that removes a user or rotates a key must reach keep-alive
+/// connections at their next request, or revocation would wait for the client to reconnect.
 #[derive(Clone)]
 pub struct Handler {
-    runtime: Arc<Runtime>,
+    state: Arc<ArcSwap<Runtime>>,
     client: Arc<ClientConn>,
     shared: Arc<Shared>,
     // Moved into the tunnel on upgrade, so the limits count open tunnels.
@@ -65,13 +70,13 @@ pub struct Handler {
 impl Handler {
     /// A handler for one accepted connection.
     pub fn new(
-        runtime: Arc<Runtime>,
+        state: Arc<ArcSwap<Runtime>>,
         client: ClientConn,
         shared: Arc<Shared>,
         permits: ConnPermits,
     ) -> Self {
         Handler {
-            runtime,
+            state,
             client: Arc::new(client),
             shared,
             permits: Arc::new(permits),
@@ -92,10 +97,11 @@ impl Handler {
             .lock()
             .map(|mut p| p.take())
             .unwrap_or(None);
+        let runtime = self.state.load_full();
         let upgrade = is_websocket_upgrade(&req);
-        let client_ip = self.client_ip(req.headers());
+        let client_ip = self.client_ip(&runtime, req.headers());
         let (route_label, result) = self
-            .route_and_forward(req, upgrade, client_ip, started)
+            .route_and_forward(&runtime, req, upgrade, client_ip, started)
             .await;
         drop(pending);
         Ok(match result {
@@ -123,6 +129,7 @@ impl Handler {
 
     async fn route_and_forward(
         &self,
+        runtime: &Runtime,
         mut req: Request<Incoming>,
         upgrade: bool,
         client_ip: IpAddr,
@@ -134,7 +141,7 @@ impl Handler {
                 Err(Refusal::BadRequest("path with empty or dot segments")),
             );
         }
-        let Some(route) = self.runtime.router.find(req.uri().path()).cloned() else {
+        let Some(route) = runtime.router.find(req.uri().path()).cloned() else {
             return (NO_ROUTE.to_owned(), Err(Refusal::NotFound));
         };
         let label = route.path.clone();
@@ -149,7 +156,7 @@ impl Handler {
             }
         }
         if upgrade {
-            let limits = &self.runtime.config.limits;
+            let limits = &runtime.config.limits;
             if let Err(wait) = self.shared.limits.try_handshake(
                 client_ip,
                 limits.handshake_rate_per_ip,
@@ -185,17 +192,27 @@ impl Handler {
         };
         let result = if upgrade {
             let client_upgrade = hyper::upgrade::on(&mut req);
-            self.forward_upgrade(req, client_upgrade, &route, admission, client_ip, started)
-                .await
+            self.forward_upgrade(
+                runtime,
+                req,
+                client_upgrade,
+                &route,
+                admission,
+                client_ip,
+                started,
+            )
+            .await
         } else {
-            self.forward_http(req, &route, admission.as_ref(), client_ip)
+            self.forward_http(runtime, req, &route, admission.as_ref(), client_ip)
                 .await
         };
         (label, result)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn forward_upgrade(
         &self,
+        runtime: &Runtime,
         req: Request<Incoming>,
         client_upgrade: hyper::upgrade::OnUpgrade,
         route: &Arc<Route>,
@@ -205,6 +222,7 @@ impl Handler {
     ) -> Result<Response<ProxyBody>, Refusal> {
         let (parts, _body) = req.into_parts();
         let up_req = self.upstream_request(
+            runtime,
             &parts,
             &route.auth,
             admission.as_ref(),
@@ -212,7 +230,8 @@ impl Handler {
             true,
             http_body_util::Empty::<bytes::Bytes>::new(),
         )?;
-        let (mut resp, server_guard, server) = self.exchange(route, client_ip, up_req).await?;
+        let (mut resp, server_guard, server) =
+            self.exchange(runtime, route, client_ip, up_req).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             route.metrics.handshake(Outcome::UpstreamRejected);
             tracing::info!(
@@ -299,15 +318,23 @@ impl Handler {
 
     async fn forward_http(
         &self,
+        runtime: &Runtime,
         req: Request<Incoming>,
         route: &Arc<Route>,
         admission: Option<&Admission>,
         client_ip: IpAddr,
     ) -> Result<Response<ProxyBody>, Refusal> {
         let (parts, body) = req.into_parts();
-        let up_req =
-            self.upstream_request(&parts, &route.auth, admission, client_ip, false, body)?;
-        let (resp, _guard, _) = self.exchange(route, client_ip, up_req).await?;
+        let up_req = self.upstream_request(
+            runtime,
+            &parts,
+            &route.auth,
+            admission,
+            client_ip,
+            false,
+            body,
+        )?;
+        let (resp, _guard, _) = self.exchange(runtime, route, client_ip, up_req).await?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             // We did not ask for an upgrade; relaying one would leave a half-open tunnel.
             return Err(Refusal::BadGateway);
@@ -321,6 +348,7 @@ impl Handler {
     /// server down and moves on) and sends the request to the first that accepts.
     async fn exchange<B>(
         &self,
+        runtime: &Runtime,
         route: &Route,
         client_ip: IpAddr,
         req: Request<B>,
@@ -330,7 +358,7 @@ impl Handler {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let timeouts = &self.runtime.config.timeouts;
+        let timeouts = &runtime.config.timeouts;
         let mut last_error = None;
         for server in route.pool.candidates(client_ip) {
             let connected = crate::upstream::connect(
@@ -371,14 +399,16 @@ impl Handler {
             .unwrap_or(Refusal::BadGateway))
     }
 
-    fn client_ip(&self, headers: &HeaderMap) -> IpAddr {
-        let trusted = self.runtime.config.trusted_proxies.as_deref();
+    fn client_ip(&self, runtime: &Runtime, headers: &HeaderMap) -> IpAddr {
+        let trusted = runtime.config.trusted_proxies.as_deref();
         crate::forwarded::client_ip(self.client.peer.ip(), headers, trusted)
     }
 
     /// The request as the upstream sees it: credential removed, forwarding headers added.
+    #[allow(clippy::too_many_arguments)]
     fn upstream_request<B>(
         &self,
+        runtime: &Runtime,
         parts: &http::request::Parts,
         route_auth: &crate::auth::RouteAuth,
         admission: Option<&Admission>,
@@ -403,7 +433,7 @@ impl Handler {
                 .map_err(|_| Refusal::BadRequest("identity not representable in a header"))?;
             headers.insert(X_AUTH_USER, user);
         }
-        let trusted = self.runtime.config.trusted_proxies.as_deref();
+        let trusted = runtime.config.trusted_proxies.as_deref();
         let xff = crate::forwarded::x_forwarded_for(self.client.peer.ip(), &headers, trusted);
         set(&mut headers, X_FORWARDED_FOR, &xff)?;
         set(&mut headers, X_REAL_IP, &client_ip.to_string())?;

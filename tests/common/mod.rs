@@ -285,24 +285,48 @@ impl Gate {
     pub async fn metrics(&self) -> String {
         self.admin_get("/metrics").await.1
     }
-    /// The value of one sample line (`name{labels}`), 0 if absent.
+    /// The value of one sample line (`name{labels}`); panics when the series is absent, so a
+    /// misspelt metric or label fails the test instead of reading as 0.
     pub async fn metric(&self, series: &str) -> f64 {
         metric_value(&self.metrics().await, series)
     }
+    /// Whether one sample line (`name{labels}`) is exported at all.
+    pub async fn has_metric(&self, series: &str) -> bool {
+        try_metric_value(&self.metrics().await, series).is_some()
+    }
 }
 
-/// Finds `series` (e.g. `wsgate_handshakes_total{outcome="upgraded",route="/ws"}`).
+/// Finds `series` (e.g. `wsgate_handshakes_total{outcome="upgraded",route="/ws"}`); panics
+/// when it is absent (a missing series must never read as 0).
 pub fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.trim().parse().ok()))
-        .unwrap_or(0.0)
+    try_metric_value(text, series).unwrap_or_else(|| {
+        let name = series.split('{').next().unwrap_or(series);
+        let similar: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
+        panic!(
+            "series {series} not exported; samples of {name}:\n{}",
+            similar.join("\n")
+        )
+    })
+}
+
+/// The value of `series`, or `None` when no sample line has exactly that name and labels.
+pub fn try_metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        // The series must end where the value starts: `x_total` must not match `x_total_sum`.
+        let rest = l.strip_prefix(series)?;
+        rest.starts_with(' ').then(|| rest.trim().parse().ok())?
+    })
 }
 
 /// Polls until `metric(series) == want` or 5 s pass; returns the last value.
 pub async fn wait_metric(gate: &Gate, series: &str, want: f64) -> f64 {
     let mut v = 0.0;
     for _ in 0..100 {
-        v = gate.metric(series).await;
+        v = match try_metric_value(&gate.metrics().await, series) {
+            Some(v) => v,
+            // Not exported yet (a label set appears at its first event): keep polling.
+            None => f64::NAN,
+        };
         if v == want {
             return v;
         }
