@@ -1,12 +1,18 @@
-//! The admin listener: `GET /metrics`, `/healthz`, `/readyz`, and `POST /reload` (from
-//! loopback only), on its own port.
+//! The admin listener: `GET /metrics`, `/healthz`, `/readyz`, and `POST /reload`, on its own
+//! port, with at most `admin.max_connections` connections at once.
+//!
+//! Mutating calls pass [`guard_mutation`]: without `admin.token` they are taken from loopback
+//! peers only, and never from a browser page (an `Origin` header, or a `Host` that is not an IP
+//! literal or `localhost`, which is what DNS rebinding looks like); with `admin.token` they need
+//! `Authorization: Bearer <token>` and may come from anywhere the listener is reachable.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use http::header::{CONTENT_TYPE, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use arc_swap::ArcSwap;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue, ORIGIN, WWW_AUTHENTICATE};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -15,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proxy::Shared;
 use crate::proxy::response::{ProxyBody, full};
+use crate::runtime::Runtime;
 
 /// What `POST /reload` needs: the reloader and the config file to re-read.
 #[derive(Clone)]
@@ -28,10 +35,21 @@ pub struct ReloadTarget {
 /// Serves admin requests until `stop` fires (after the drain, so `/readyz` can say 503).
 pub async fn serve(
     listener: TcpListener,
+    state: Arc<ArcSwap<Runtime>>,
     shared: Arc<Shared>,
     reload: Option<ReloadTarget>,
     stop: CancellationToken,
 ) {
+    let max = state
+        .load()
+        .config
+        .admin
+        .as_ref()
+        .map_or(crate::config::DEFAULT_ADMIN_MAX_CONNECTIONS, |a| {
+            a.max_connections
+        });
+    // Without a cap, anyone who can reach the port can hold sockets and tasks open at will.
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -44,15 +62,25 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(client = %peer.ip(), max, "admin connection refused: admin.max_connections reached");
+            drop(stream);
+            continue;
+        };
         let shared = shared.clone();
+        let state = state.clone();
         let stop = stop.clone();
         let reload = reload.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let shared = shared.clone();
                 let reload = reload.clone();
+                let runtime = state.load_full();
                 async move {
-                    Ok::<_, std::convert::Infallible>(respond(&req, &shared, peer, reload).await)
+                    Ok::<_, std::convert::Infallible>(
+                        respond(&req, &shared, &runtime, peer, reload).await,
+                    )
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -71,11 +99,24 @@ pub async fn serve(
 async fn respond(
     req: &Request<Incoming>,
     shared: &Shared,
+    runtime: &Runtime,
     peer: SocketAddr,
     reload: Option<ReloadTarget>,
 ) -> Response<ProxyBody> {
     if req.uri().path() == "/reload" {
-        return reload_endpoint(req, peer, reload).await;
+        if req.method() != Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n");
+        }
+        let token = runtime
+            .config
+            .admin
+            .as_ref()
+            .and_then(|a| a.token.as_deref());
+        if let Err(refusal) = guard_mutation(req.headers(), peer, token) {
+            tracing::warn!(client = %peer.ip(), path = "/reload", reason = refusal.reason(), "admin call refused");
+            return refusal.into_response();
+        }
+        return reload_endpoint(reload).await;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -101,21 +142,127 @@ async fn respond(
     }
 }
 
-async fn reload_endpoint(
-    req: &Request<Incoming>,
+/// Why a mutating admin call was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MutationRefusal {
+    /// `admin.token` is set and the call did not present it.
+    BadToken,
+    /// No token configured and the peer is not on loopback.
+    NotLoopback,
+    /// The call carries `Origin`: it comes from a browser page.
+    BrowserOrigin,
+    /// `Host` is a name other than `localhost`: a page on a rebound DNS name.
+    ForeignHost,
+}
+
+impl MutationRefusal {
+    /// Short label for logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            MutationRefusal::BadToken => "bad_token",
+            MutationRefusal::NotLoopback => "not_loopback",
+            MutationRefusal::BrowserOrigin => "origin",
+            MutationRefusal::ForeignHost => "host",
+        }
+    }
+
+    fn into_response(self) -> Response<ProxyBody> {
+        match self {
+            MutationRefusal::BadToken => {
+                let mut resp = text(
+                    StatusCode::UNAUTHORIZED,
+                    "admin.token required: Authorization: Bearer <token>\n",
+                );
+                resp.headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                resp
+            }
+            MutationRefusal::NotLoopback => text(
+                StatusCode::FORBIDDEN,
+                "accepted from loopback only (or set admin.token)\n",
+            ),
+            MutationRefusal::BrowserOrigin => text(
+                StatusCode::FORBIDDEN,
+                "refused: requests from browser pages (Origin header) need admin.token\n",
+            ),
+            MutationRefusal::ForeignHost => text(
+                StatusCode::FORBIDDEN,
+                "refused: Host must be an IP address or localhost (or present admin.token)\n",
+            ),
+        }
+    }
+}
+
+/// The rule for every mutating admin call (`POST /reload` and the admin API to come).
+///
+/// A browser page can make a loopback POST (CSRF), and through DNS rebinding even read the
+/// answer; it always sends `Origin` on a POST/DELETE and the page's own host name as `Host`.
+/// Scripts and curl send neither, so refusing both keeps operators working and pages out.
+pub fn guard_mutation(
+    headers: &HeaderMap,
     peer: SocketAddr,
-    reload: Option<ReloadTarget>,
-) -> Response<ProxyBody> {
-    if req.method() != Method::POST {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n");
+    token: Option<&str>,
+) -> Result<(), MutationRefusal> {
+    if let Some(token) = token {
+        return if presents_token(headers, token) {
+            Ok(())
+        } else {
+            Err(MutationRefusal::BadToken)
+        };
     }
-    // A reload re-reads files as root-owned config; only local operators may trigger it.
-    if !peer.ip().is_loopback() {
-        return text(
-            StatusCode::FORBIDDEN,
-            "reload is accepted from loopback only\n",
-        );
+    if !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
+        return Err(MutationRefusal::NotLoopback);
     }
+    if headers.contains_key(ORIGIN) {
+        return Err(MutationRefusal::BrowserOrigin);
+    }
+    // Every Host header must pass: a duplicate must not smuggle a name past the check.
+    if !headers.get_all(HOST).iter().all(is_local_host) {
+        return Err(MutationRefusal::ForeignHost);
+    }
+    Ok(())
+}
+
+fn presents_token(headers: &HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Some((scheme, presented)) = value.to_str().ok().and_then(|v| v.split_once(' ')) else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer")
+        && bool::from(presented.trim().as_bytes().ct_eq(token.as_bytes()))
+}
+
+/// An IP literal (with or without port, IPv6 in brackets) or `localhost`.
+fn is_local_host(value: &HeaderValue) -> bool {
+    let Ok(host) = value.to_str() else {
+        return false;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.strip_prefix(':').is_some_and(is_port) => {
+                return v6.parse::<std::net::Ipv6Addr>().is_ok();
+            }
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+fn is_port(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u16>().is_ok()
+}
+
+async fn reload_endpoint(reload: Option<ReloadTarget>) -> Response<ProxyBody> {
     let Some(target) = reload else {
         return text(
             StatusCode::CONFLICT,
@@ -149,4 +296,108 @@ fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+    const LOCAL: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
+    const REMOTE: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+        40000,
+    );
+
+    #[test]
+    fn local_hosts() {
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:9100",
+            "10.0.0.5:80",
+            "[::1]",
+            "[::1]:9100",
+            "localhost",
+            "LocalHost:9100",
+        ] {
+            assert!(is_local_host(&HeaderValue::from_static(ok)), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "localhost:",
+            "localhost:+80",
+            "localhost:99999",
+            "[::1]x",
+            "[::1]:",
+            "[evil]:80",
+            "",
+            "127.0.0.1:80:80",
+        ] {
+            assert!(!is_local_host(&HeaderValue::from_static(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mutation_rule() {
+        let host = [("host", "127.0.0.1:9100")];
+        assert_eq!(guard_mutation(&headers(&host), LOCAL, None), Ok(()));
+        assert_eq!(guard_mutation(&HeaderMap::new(), LOCAL, None), Ok(()));
+        assert_eq!(
+            guard_mutation(&headers(&host), REMOTE, None),
+            Err(MutationRefusal::NotLoopback)
+        );
+        assert_eq!(
+            guard_mutation(
+                &headers(&[("host", "127.0.0.1"), ("origin", "http://127.0.0.1")]),
+                LOCAL,
+                None
+            ),
+            Err(MutationRefusal::BrowserOrigin)
+        );
+        assert_eq!(
+            guard_mutation(
+                &headers(&[("host", "127.0.0.1"), ("host", "evil.example")]),
+                LOCAL,
+                None
+            ),
+            Err(MutationRefusal::ForeignHost),
+            "a second Host must not hide"
+        );
+        let token = Some("0123456789abcdef");
+        let bearer = [("authorization", "Bearer 0123456789abcdef")];
+        assert_eq!(guard_mutation(&headers(&bearer), REMOTE, token), Ok(()));
+        assert_eq!(
+            guard_mutation(&headers(&host), LOCAL, token),
+            Err(MutationRefusal::BadToken),
+            "loopback alone is not enough once a token is set"
+        );
+        assert_eq!(
+            guard_mutation(
+                &headers(&[
+                    ("authorization", "Bearer 0123456789abcdef"),
+                    ("authorization", "Bearer x")
+                ]),
+                LOCAL,
+                token
+            ),
+            Err(MutationRefusal::BadToken)
+        );
+        assert_eq!(
+            guard_mutation(
+                &headers(&[("authorization", "Bearer 0123456789abcde")]),
+                LOCAL,
+                token
+            ),
+            Err(MutationRefusal::BadToken)
+        );
+    }
 }

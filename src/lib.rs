@@ -192,6 +192,7 @@ impl Gateway {
         let admin_task = self.admin.take().map(|a| {
             tokio::spawn(admin::serve(
                 a,
+                self.state.clone(),
                 self.shared.clone(),
                 reload,
                 admin_stop.clone(),
@@ -299,9 +300,11 @@ impl Reloader {
                 "listeners changed (bind addresses or plain/TLS): restart wsgate to apply".into(),
             ));
         }
-        if old.admin != config.admin {
+        // admin.token is read per request, so it may change; the socket and its cap may not.
+        let admin_socket = |c: &Config| c.admin.as_ref().map(|a| (a.bind, a.max_connections));
+        if admin_socket(old) != admin_socket(&config) {
             return Err(ReloadError::NeedsRestart(
-                "admin.bind changed: restart wsgate to apply".into(),
+                "admin.bind or admin.max_connections changed: restart wsgate to apply".into(),
             ));
         }
         let runtime = runtime::build_with(config, &self.metrics, self.upstream_tls.clone())?;

@@ -112,9 +112,17 @@ fn print_errors(errors: &config::ConfigErrors) {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    let result = load(path).and_then(wsgate::check);
+    let result = load(path).and_then(|c| {
+        let warnings = config::warnings(&c);
+        wsgate::check(c).map(|()| warnings)
+    });
     match result {
-        Ok(()) => {
+        Ok(warnings) => {
+            // Warnings go to stderr so that stdout stays exactly `ok` for scripts.
+            let mut err = std::io::stderr().lock();
+            for w in &warnings {
+                let _ = writeln!(err, "warning: {w}");
+            }
             println!("ok");
             ExitCode::SUCCESS
         }
@@ -225,6 +233,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    for w in config::warnings(&config) {
+        tracing::warn!("config: {w}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -470,3 +470,132 @@ async fn reload_revokes_users_and_keys_on_keep_alive_connections() {
         "old-secret JWT upgraded on a keep-alive connection: {head}"
     );
 }
+
+/// A raw admin request; (status, head, body).
+async fn admin_raw(gate: &Gate, request: &str) -> (u16, String, String) {
+    http_request(gate.admin.expect("no admin listener"), request).await
+}
+
+fn post_reload(headers: &str) -> String {
+    format!("POST /reload HTTP/1.1\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n")
+}
+
+#[tokio::test]
+async fn mutating_admin_calls_refuse_browsers_and_rebinding() {
+    let echo = echo_upstream().await;
+    let gate = start_gate(Files::new(), &config(&[("/ws", echo.addr)], "")).await;
+    // A page on any site can make the browser POST here; it always sends Origin.
+    let (status, head, _) = admin_raw(
+        &gate,
+        &post_reload("Host: 127.0.0.1:9100\r\nOrigin: https://evil.example\r\n"),
+    )
+    .await;
+    assert_eq!(status, 403, "POST with Origin: {head}");
+    let (status, head, _) =
+        admin_raw(&gate, &post_reload("Host: 127.0.0.1\r\nOrigin: null\r\n")).await;
+    assert_eq!(status, 403, "POST with Origin: null: {head}");
+    // DNS rebinding: the browser thinks it talks to evil.example, so Host says so.
+    for host in [
+        "evil.example",
+        "evil.example:9100",
+        "localhost.evil.example",
+        "127.0.0.1.nip.io",
+    ] {
+        let (status, head, _) = admin_raw(&gate, &post_reload(&format!("Host: {host}\r\n"))).await;
+        assert_eq!(status, 403, "POST with Host {host}: {head}");
+    }
+    // Scripts and curl: IP literal or localhost Host, no Origin. This gate has no config file,
+    // so passing the guard shows as 409.
+    for host in [
+        "127.0.0.1:9100",
+        "127.0.0.1",
+        "[::1]:9100",
+        "localhost:9100",
+        "LOCALHOST",
+    ] {
+        let (status, head, _) = admin_raw(&gate, &post_reload(&format!("Host: {host}\r\n"))).await;
+        assert_eq!(status, 409, "POST with Host {host}: {head}");
+    }
+    // Reads stay open to browsers (Prometheus UIs, dashboards).
+    let (status, _, _) = admin_raw(
+        &gate,
+        "GET /metrics HTTP/1.1\r\nHost: evil.example\r\nOrigin: https://evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn admin_token_is_required_for_mutations_and_lets_them_past_the_browser_rule() {
+    let echo = echo_upstream().await;
+    let token = "admin-token-0123456789abcdef";
+    let gate = start_gate(
+        Files::new(),
+        &config(&[("/ws", echo.addr)], "").replace(
+            "admin:\n  bind: \"127.0.0.1:0\"\n",
+            &format!("admin:\n  bind: \"127.0.0.1:0\"\n  token: \"{token}\"\n"),
+        ),
+    )
+    .await;
+    let (status, head, _) = admin_raw(&gate, &post_reload("Host: 127.0.0.1\r\n")).await;
+    assert_eq!(status, 401, "no token: {head}");
+    assert_eq!(
+        head_header(&head, "www-authenticate").as_deref(),
+        Some("Bearer")
+    );
+    let (status, head, _) = admin_raw(
+        &gate,
+        &post_reload(&format!(
+            "Host: 127.0.0.1\r\nAuthorization: Bearer {token}x\r\n"
+        )),
+    )
+    .await;
+    assert_eq!(status, 401, "wrong token: {head}");
+    let (status, head, _) = admin_raw(
+        &gate,
+        &post_reload(&format!(
+            "Host: 127.0.0.1\r\nAuthorization: Basic {token}\r\n"
+        )),
+    )
+    .await;
+    assert_eq!(status, 401, "token in the wrong scheme: {head}");
+    // The token is what a browser page cannot have: with it, Origin and Host don't matter.
+    let (status, head, _) = admin_raw(
+        &gate,
+        &post_reload(&format!(
+            "Host: wsgate.internal\r\nOrigin: https://ops.example\r\nAuthorization: Bearer {token}\r\n"
+        )),
+    )
+    .await;
+    assert_eq!(status, 409, "right token: {head}");
+}
+
+#[tokio::test]
+async fn admin_connections_are_capped() {
+    let echo = echo_upstream().await;
+    let gate = start_gate(
+        Files::new(),
+        &config(&[("/ws", echo.addr)], "").replace(
+            "admin:\n  bind: \"127.0.0.1:0\"\n",
+            "admin:\n  bind: \"127.0.0.1:0\"\n  max_connections: 2\n",
+        ),
+    )
+    .await;
+    let admin = gate.admin.unwrap();
+    let idle1 = TcpStream::connect(admin).await.unwrap();
+    let _idle2 = TcpStream::connect(admin).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = TcpStream::connect(admin).await.unwrap();
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a third admin connection was served past max_connections: 2 ({read:?})"
+    );
+    drop(idle1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gate.admin_get("/healthz").await.0, 200, "a slot came back");
+}

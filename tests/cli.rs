@@ -228,6 +228,59 @@ fn check_good_config_prints_ok() {
 }
 
 #[test]
+fn check_warns_about_basic_routes_without_origins() {
+    let files = Files::new();
+    let cfg = good_config(&files);
+    let out = run(wsgate(files.dir.path())
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg));
+    assert_eq!(out.status.code(), Some(0), "a warning is not an error");
+    assert_eq!(stdout(&out).trim(), "ok");
+    let err = stderr(&out);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("warning: routes[1].origins: ")
+                && l.contains("Basic")
+                && l.contains("cross-site WebSocket hijacking")),
+        "no origins warning for the Basic route /ws:\n{err}"
+    );
+    assert!(
+        !err.contains("routes[0]"),
+        "the open route needs no origins:\n{err}"
+    );
+    // With an origins list the warning goes away.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "    auth: [users, jwt]\n",
+        "    auth: [users, jwt]\n    origins: [\"https://app.example\"]\n",
+    );
+    files.write("good.yaml", &text);
+    let out = run(wsgate(files.dir.path())
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+}
+
+#[test]
+fn shipped_config_checks_without_warnings() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = run(wsgate(repo)
+        .arg("check")
+        .arg("--config")
+        .arg(repo.join("config.yaml"))
+        .env("WSGATE_JWT_SECRET", "dev-only-secret-0123456789abcdef-0123"));
+    assert_eq!(
+        (out.status.code(), stdout(&out).trim().to_string()),
+        (Some(0), "ok".to_string()),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+}
+
+#[test]
 fn check_binds_nothing() {
     // A listener on a port we hold: `check` does not try to bind it.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -974,7 +974,7 @@ fn binary_config(listen: u16, admin: u16, routes: &str) -> String {
 async fn admin_call(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let (status, _, body) = http_request(
         admin,
-        &format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        &format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
     )
     .await;
     (status, body)

@@ -11,8 +11,10 @@ mod env;
 mod parse;
 mod types;
 mod validate;
+mod warnings;
 
 pub use types::*;
+pub use warnings::warnings;
 
 use std::fmt;
 use std::path::Path;
@@ -231,7 +233,9 @@ routes:
         assert_eq!(
             c.admin,
             Some(AdminConfig {
-                bind: addr("127.0.0.1:9100")
+                bind: addr("127.0.0.1:9100"),
+                token: None,
+                max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             })
         );
         assert_eq!(
@@ -865,5 +869,31 @@ routes:
         has(&e, "routes[0].origins[2]", "not an origin");
         has(&e, "routes[1].upstream", "at least one");
         has(&e, "routes[1].origins", "empty list");
+    }
+
+    #[test]
+    fn admin_token_and_cap() {
+        let c = ok(&with(
+            "admin:\n  bind: \"127.0.0.1:9100\"\n  token: \"0123456789abcdef\"\n  max_connections: 4\n",
+        ));
+        let a = c.admin.unwrap();
+        assert_eq!(a.token.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(a.max_connections, 4);
+        assert!(
+            !format!("{a:?}").contains("0123456789abcdef"),
+            "token in Debug"
+        );
+        let e = errs(&with(
+            "admin:\n  bind: \"127.0.0.1:9100\"\n  token: \"short\"\n  max_connections: 0\n",
+        ));
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("admin.token: must be at least 16 bytes")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|l| l.starts_with("admin.max_connections:")),
+            "{e:?}"
+        );
     }
 }

@@ -28,7 +28,7 @@ const TOP_KEYS: &[&str] = &[
 ];
 const LISTENER_KEYS: &[&str] = &["bind", "tls", "proxy_protocol"];
 const TLS_KEYS: &[&str] = &["cert", "key"];
-const ADMIN_KEYS: &[&str] = &["bind"];
+const ADMIN_KEYS: &[&str] = &["bind", "token", "max_connections"];
 const BASIC_KEYS: &[&str] = &["type", "realm", "htpasswd", "cache_ttl"];
 const JWT_KEYS: &[&str] = &[
     "type",
@@ -470,7 +470,24 @@ impl Walker<'_> {
             let msg = conflict_message(bind, other);
             self.err("admin.bind", msg);
         }
-        Some(AdminConfig { bind })
+        let token = field(m, "token").and_then(|v| self.nonempty_string(v, "admin.token"));
+        if let Some(t) = &token
+            && t.len() < MIN_ADMIN_TOKEN_BYTES
+        {
+            self.err(
+                "admin.token",
+                format!(
+                    "must be at least {MIN_ADMIN_TOKEN_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+                ),
+            );
+        }
+        let max_connections =
+            self.opt_positive_int(m, "admin", "max_connections", DEFAULT_ADMIN_MAX_CONNECTIONS);
+        Some(AdminConfig {
+            bind,
+            token,
+            max_connections,
+        })
     }
 
     /// Returns the valid authenticators and the names of all those defined, valid or not, so

@@ -52,11 +52,31 @@ pub struct TlsFiles {
 }
 
 /// The admin listener.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct AdminConfig {
     /// Address to bind.
     pub bind: SocketAddr,
+    /// Bearer token that mutating admin calls must present; `None` = loopback peers only.
+    pub token: Option<String>,
+    /// Open admin connections at once (default 16); more are closed at accept.
+    pub max_connections: usize,
 }
+
+impl std::fmt::Debug for AdminConfig {
+    // The token must never reach logs, even through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// Default `admin.max_connections`: a scraper, a few operators and their scripts.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 16;
+/// Shortest accepted `admin.token`: it is the only thing between the network and `/reload`.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 
 /// One named authenticator.
 #[derive(Debug, Clone, PartialEq)]
