@@ -52,6 +52,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, so each route exports all of them from the start.
+    pub const ALL: [Outcome; 9] = [
+        Outcome::Upgraded,
+        Outcome::Unauthorized,
+        Outcome::Forbidden,
+        Outcome::NotFound,
+        Outcome::UpstreamError,
+        Outcome::UpstreamRejected,
+        Outcome::BadRequest,
+        Outcome::Timeout,
+        Outcome::Limited,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -182,8 +195,19 @@ impl Metrics {
         })
     }
 
-    /// Resolves (and so exports at zero) a route's series.
-    pub fn route(&self, route: &str) -> RouteMetrics {
+    /// Resolves (and so exports at zero) a route's series: every handshake outcome, and every
+    /// auth failure reason when the route has authenticators. A series that appears only at
+    /// its first event breaks `rate()` and alerts written as `x > 0`.
+    pub fn route(&self, route: &str, authenticated: bool) -> RouteMetrics {
+        for outcome in Outcome::ALL {
+            self.handshakes_total
+                .with_label_values(&[route, outcome.as_str()]);
+        }
+        if authenticated {
+            for reason in AUTH_FAILURE_REASONS {
+                self.auth_failures_total.with_label_values(&[route, reason]);
+            }
+        }
         RouteMetrics {
             route: route.to_owned(),
             active: self.connections_active.with_label_values(&[route]),
@@ -244,6 +268,17 @@ impl RouteMetrics {
     }
 }
 
+/// The `reason` label values of `wsgate_auth_failures_total` (the contract's list).
+pub const AUTH_FAILURE_REASONS: [&str; 7] = [
+    "missing",
+    "malformed",
+    "bad_credentials",
+    "expired",
+    "not_yet_valid",
+    "bad_signature",
+    "bad_claims",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,7 +286,9 @@ mod tests {
     #[test]
     fn route_series_exist_at_zero() {
         let m = Metrics::new().unwrap();
-        let r = m.route("/ws");
+        let open = m.route("/open", false);
+        drop(open);
+        let r = m.route("/ws", true);
         r.handshake(Outcome::Upgraded);
         let text = String::from_utf8(m.render()).unwrap();
         assert!(text.contains("wsgate_connections_active{route=\"/ws\"} 0"));
@@ -259,5 +296,17 @@ mod tests {
         assert!(
             text.contains("wsgate_bytes_total{direction=\"client_to_upstream\",route=\"/ws\"} 0")
         );
+        for o in Outcome::ALL {
+            let line = format!(
+                "wsgate_handshakes_total{{outcome=\"{}\",route=\"/open\"}} ",
+                o.as_str()
+            );
+            assert!(text.contains(&line), "{line}");
+        }
+        for reason in AUTH_FAILURE_REASONS {
+            let line = format!("wsgate_auth_failures_total{{reason=\"{reason}\",route=\"/ws\"}} 0");
+            assert!(text.contains(&line), "{line}");
+        }
+        assert!(!text.contains("wsgate_auth_failures_total{reason=\"missing\",route=\"/open\"}"));
     }
 }

@@ -135,8 +135,8 @@ pub fn build_with(
             pool: Pool::new(&r.upstreams, r.balance, config.timeouts.upstream_retry),
             upstream_tls: route_tls,
             origins: r.origins.clone(),
+            metrics: metrics.route(&r.path, !auths.is_empty()),
             auth: RouteAuth::new(auths),
-            metrics: metrics.route(&r.path),
         };
         routes.push((r.path.clone(), Arc::new(route)));
     }

@@ -825,7 +825,10 @@ async fn plain_http_is_proxied() {
         ),
         0.0
     );
-    assert!(!metrics.contains("outcome=\"upstream_error\""));
+    for outcome in ["upstream_error", "bad_request", "unauthorized"] {
+        let series = format!("wsgate_handshakes_total{{outcome=\"{outcome}\",route=\"/ws\"}}");
+        assert_eq!(metric_value(&metrics, &series), 0.0, "{series}");
+    }
 }
 
 #[tokio::test]

@@ -410,6 +410,13 @@ mod tests {
         ];
         for (f, r) in all {
             assert_eq!(f.reason(), r);
+            // Busy is answered 503 and not counted as an auth failure; every other reason is
+            // exported at zero from the start, so it must be in the metrics' list.
+            assert_eq!(
+                crate::metrics::AUTH_FAILURE_REASONS.contains(&r),
+                f != AuthFailure::Busy,
+                "{r}"
+            );
         }
     }
 
