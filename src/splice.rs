@@ -543,3 +543,270 @@ mod tests {
         assert_eq!(out, "hello world");
     }
 }
+
+/// The tunnel's own contract, on in-memory pipes: byte-exactness under backpressure,
+/// half-close each way, a stop that races a blocked write, and errors on either side.
+#[cfg(test)]
+mod tunnel_tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::registry::StopReason;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    fn info() -> Arc<TunnelInfo> {
+        Arc::new(TunnelInfo::new(
+            1,
+            "/t".into(),
+            None,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        ))
+    }
+
+    /// (client peer, upstream peer, gateway's client side, gateway's upstream side), with
+    /// pipes of `cap` bytes so that writes block as soon as a reader falls behind.
+    fn pipes(cap: usize) -> (DuplexStream, DuplexStream, DuplexStream, DuplexStream) {
+        let (client, gate_c) = duplex(cap);
+        let (upstream, gate_u) = duplex(cap);
+        (client, upstream, gate_c, gate_u)
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn bytes_are_exact_both_ways_under_backpressure() {
+        let metrics = Metrics::new().unwrap();
+        let rm = metrics.route("/t", false);
+        // A 64-byte pipe against a 64 KiB scratch read: nearly every chunk hits the
+        // pending-copy path.
+        let (client, upstream, gc, gu) = pipes(64);
+        let info = info();
+        let tunnel = tokio::spawn({
+            let rm = rm.clone();
+            let info = info.clone();
+            async move { splice(gc, gu, &rm, info).await }
+        });
+        let up_data = pattern(300_000, 7);
+        let down_data = pattern(200_000, 99);
+        let (c_task, u_task) = {
+            let (up, down) = (up_data.clone(), down_data.clone());
+            let c = tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(client);
+                let writer = async {
+                    w.write_all(&up).await.unwrap();
+                    w.shutdown().await.unwrap();
+                };
+                let mut got = Vec::new();
+                let reader = r.read_to_end(&mut got);
+                let (_, n) = tokio::join!(writer, reader);
+                n.unwrap();
+                got
+            });
+            let u = tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(upstream);
+                let writer = async {
+                    w.write_all(&down).await.unwrap();
+                    w.shutdown().await.unwrap();
+                };
+                let mut got = Vec::new();
+                let reader = r.read_to_end(&mut got);
+                let (_, n) = tokio::join!(writer, reader);
+                n.unwrap();
+                got
+            });
+            (c, u)
+        };
+        let at_upstream = u_task.await.unwrap();
+        let at_client = c_task.await.unwrap();
+        let report = tunnel.await.unwrap();
+        assert!(at_upstream == up_data, "client → upstream bytes differ");
+        assert!(at_client == down_data, "upstream → client bytes differ");
+        assert_eq!(report.ended, Ended::Closed);
+        assert_eq!(report.client_to_upstream, up_data.len() as u64);
+        assert_eq!(report.upstream_to_client, down_data.len() as u64);
+        assert_eq!(
+            rm.bytes_c2u.get(),
+            up_data.len() as u64,
+            "batched counter flushed"
+        );
+        assert_eq!(rm.bytes_u2c.get(), down_data.len() as u64);
+        assert_eq!(rm.active.get(), 0);
+    }
+
+    async fn half_close(client_first: bool) {
+        let metrics = Metrics::new().unwrap();
+        let rm = metrics.route("/t", false);
+        let (client, upstream, gc, gu) = pipes(1024);
+        let tunnel = tokio::spawn({
+            let rm = rm.clone();
+            let info = info();
+            async move { splice(gc, gu, &rm, info).await }
+        });
+        // `a` hangs up its sending side first; `b` must see EOF and still be able to answer.
+        let (mut a, mut b) = if client_first {
+            (client, upstream)
+        } else {
+            (upstream, client)
+        };
+        a.write_all(b"last words").await.unwrap();
+        a.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), b.read_to_end(&mut got))
+            .await
+            .expect("EOF was not forwarded")
+            .unwrap();
+        assert_eq!(got, b"last words");
+        assert!(
+            !tunnel.is_finished(),
+            "one closed direction ended the tunnel"
+        );
+        b.write_all(b"reply after half-close").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = a.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"reply after half-close");
+        b.shutdown().await.unwrap();
+        assert_eq!(
+            a.read(&mut buf).await.unwrap(),
+            0,
+            "second EOF not forwarded"
+        );
+        let report = tokio::time::timeout(Duration::from_secs(5), tunnel)
+            .await
+            .expect("tunnel did not end after both EOFs")
+            .unwrap();
+        assert_eq!(report.ended, Ended::Closed);
+        let first = if client_first {
+            ClosedBy::Client
+        } else {
+            ClosedBy::Upstream
+        };
+        assert_eq!(report.closed_by, first);
+    }
+
+    #[tokio::test]
+    async fn client_half_close_keeps_the_other_way_open() {
+        half_close(true).await;
+    }
+
+    #[tokio::test]
+    async fn upstream_half_close_keeps_the_other_way_open() {
+        half_close(false).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_ends_a_tunnel_blocked_on_a_write() {
+        let metrics = Metrics::new().unwrap();
+        let rm = metrics.route("/t", false);
+        let (mut client, upstream, gc, gu) = pipes(64);
+        let info = info();
+        let tunnel = tokio::spawn({
+            let rm = rm.clone();
+            let info = info.clone();
+            async move { splice(gc, gu, &rm, info).await }
+        });
+        // The client never reads: the tunnel's write towards it blocks with bytes pending,
+        // and the upstream's own write blocks behind it.
+        let (mut up_r, mut up_w) = tokio::io::split(upstream);
+        let writer = tokio::spawn(async move { up_w.write_all(&pattern(4096, 1)).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!tunnel.is_finished());
+        assert!(
+            !writer.is_finished(),
+            "backpressure did not reach the upstream"
+        );
+        info.stop(StopReason::Shutdown);
+        let report = tokio::time::timeout(Duration::from_secs(5), tunnel)
+            .await
+            .expect("a stop did not end a tunnel blocked on a write")
+            .unwrap();
+        assert_eq!(report.ended, Ended::Shutdown);
+        assert_eq!(report.closed_by, ClosedBy::Gateway);
+        assert_eq!(rm.active.get(), 0);
+        // Both peers learn the tunnel is over: EOF after whatever was already delivered.
+        let mut sink = Vec::new();
+        client.read_to_end(&mut sink).await.unwrap();
+        assert!(sink.len() <= 4096);
+        let mut buf = [0u8; 8];
+        assert_eq!(up_r.read(&mut buf).await.unwrap(), 0);
+        assert!(
+            writer.await.unwrap().is_err(),
+            "the blocked upstream write was not released"
+        );
+    }
+
+    /// A side whose reads or writes fail (a reset connection).
+    struct Broken {
+        read_fails: bool,
+        inner: DuplexStream,
+    }
+
+    impl AsyncRead for Broken {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            if this.read_fails {
+                return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+            }
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Broken {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_on_either_side_end_the_tunnel() {
+        let metrics = Metrics::new().unwrap();
+        let rm = metrics.route("/t", false);
+        // Client read fails.
+        let (_client, mut upstream, gc, gu) = pipes(1024);
+        let broken = Broken {
+            read_fails: true,
+            inner: gc,
+        };
+        let report = tokio::time::timeout(Duration::from_secs(5), splice(broken, gu, &rm, info()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (report.ended, report.closed_by),
+            (Ended::Error, ClosedBy::Client)
+        );
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            upstream.read(&mut buf).await.unwrap(),
+            0,
+            "upstream not told"
+        );
+        // Upstream write fails while the client sends.
+        let (mut client, _upstream, gc, gu) = pipes(1024);
+        let broken = Broken {
+            read_fails: false,
+            inner: gu,
+        };
+        client.write_all(b"hello").await.unwrap();
+        let report = tokio::time::timeout(Duration::from_secs(5), splice(gc, broken, &rm, info()))
+            .await
+            .unwrap();
+        assert_eq!(report.ended, Ended::Error);
+        assert_eq!(rm.active.get(), 0);
+    }
+}
