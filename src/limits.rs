@@ -157,10 +157,8 @@ impl Limits {
     pub fn try_connect(self: &Arc<Self>, key: ClientKey, max: usize) -> Option<IpSlot> {
         let mut map = lock(&self.conns[shard(&key)]);
         let n = map.entry(key).or_insert(0);
+        // A refusal needs n >= max > 0: the entry existed already, none is left empty.
         if max != 0 && *n as usize >= max {
-            if *n == 0 {
-                map.remove(&key);
-            }
             return None;
         }
         *n += 1;
