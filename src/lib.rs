@@ -335,6 +335,11 @@ impl Reloader {
             old_limits.max_pending_handshakes,
             new_limits.max_pending_handshakes,
         );
+        if old_limits != new_limits
+            || current.config.trusted_proxies != runtime.config.trusted_proxies
+        {
+            limits::log_effective(&runtime.config);
+        }
         self.state.store(Arc::new(runtime));
         Ok(())
     }
