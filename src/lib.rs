@@ -121,6 +121,7 @@ impl Gateway {
             Some(a) => Some(listener::bind(a.bind).await.map_err(StartError::Bind)?),
             None => None,
         };
+        limits::log_effective(&runtime.config);
         let shared = Arc::new(Shared {
             metrics,
             tracker: TaskTracker::new(),
@@ -203,6 +204,10 @@ impl Gateway {
             self.state.clone(),
             self.shared.registry.clone(),
         ));
+        let pruner = tokio::spawn(prune_rate_buckets(
+            self.state.clone(),
+            self.shared.limits.clone(),
+        ));
 
         shutdown.await;
         let drain = self.state.load().config.shutdown.drain_timeout;
@@ -229,6 +234,7 @@ impl Gateway {
             let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.tracker.wait()).await;
         }
         sweeper.abort();
+        pruner.abort();
         admin_stop.cancel();
         if let Some(t) = admin_task {
             let _ = t.await;
@@ -254,6 +260,19 @@ async fn sweep_idle_tunnels(state: Arc<ArcSwap<Runtime>>, registry: Arc<registry
             if n > 0 {
                 tracing::debug!(tunnels = n, "closing idle tunnels");
             }
+        }
+    }
+}
+
+/// Forgets refilled per-client rate buckets off the request path (the table is also capped,
+/// see `limits`), so a burst of one-off clients does not keep memory for long.
+async fn prune_rate_buckets(state: Arc<ArcSwap<Runtime>>, limits: Arc<limits::Limits>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let l = &state.load().config.limits;
+        let n = limits.prune(l.handshake_rate_per_ip, l.handshake_burst_per_ip);
+        if n > 0 {
+            tracing::debug!(buckets = n, "forgot refilled rate buckets");
         }
     }
 }
@@ -319,6 +338,11 @@ impl Reloader {
             old_limits.max_pending_handshakes,
             new_limits.max_pending_handshakes,
         );
+        if old_limits != new_limits
+            || current.config.trusted_proxies != runtime.config.trusted_proxies
+        {
+            limits::log_effective(&runtime.config);
+        }
         self.state.store(Arc::new(runtime));
         Ok(())
     }

@@ -1,19 +1,99 @@
-//! Per-client-IP limits: open connections and the upgrade handshake rate (token bucket).
+//! Per-client limits: open connections and the request rate (token bucket).
 //!
-//! State is sharded by IP hash so concurrent accepts rarely meet on one mutex, and each
-//! critical section is a map lookup. The byte-moving hot path never comes here.
+//! Everything here is keyed on a [`ClientKey`]: the client address as resolved by
+//! `forwarded::client_ip` (so `trusted_proxies` is honoured), with IPv4-mapped IPv6 folded
+//! to IPv4 and other IPv6 addresses cut to `limits.ipv6_prefix` bits, because one host or
+//! site usually owns a whole /64 and could otherwise rotate through it to void every limit.
+//!
+//! State is sharded by key hash so concurrent accepts rarely meet on one mutex, and each
+//! critical section is a map lookup. Both tables are bounded:
+//! - connection counts hold an entry only while the client has an open connection, so
+//!   they never exceed `limits.max_connections` entries;
+//! - rate buckets live in a per-shard LRU capped at [`MAX_TRACKED_CLIENTS`] in total. At
+//!   the cap the least recently seen client's bucket is forgotten (it starts again with a
+//!   full burst), so memory stays bounded under a flood of new source addresses while every
+//!   active client keeps its bucket. Buckets that have refilled carry no information and are
+//!   dropped by the background sweeper ([`Limits::prune`]), never on the request path.
+//!
+//! The byte-moving hot path never comes here.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
+use lru::LruCache;
+
 const SHARDS: usize = 16;
-/// Buckets idle this long are full again and can be forgotten.
-const BUCKET_IDLE_FORGET: Duration = Duration::from_secs(300);
-/// Prune a shard's buckets when it grows past this many entries.
-const PRUNE_AT: usize = 4096;
+/// Most rate buckets kept at once (about 100 bytes each: a few MiB at the cap).
+pub const MAX_TRACKED_CLIENTS: usize = 65_536;
+const PER_SHARD: usize = MAX_TRACKED_CLIENTS / SHARDS;
+
+/// A client as the limits see it: an IPv4 address, or an IPv6 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey(IpAddr);
+
+impl ClientKey {
+    /// The key of `ip`: IPv4-mapped IPv6 counts as IPv4; IPv6 keeps its first `ipv6_prefix` bits.
+    pub fn new(ip: IpAddr, ipv6_prefix: u8) -> Self {
+        match ip {
+            IpAddr::V4(_) => ClientKey(ip),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientKey(IpAddr::V4(v4)),
+                None => {
+                    let bits = u32::from(ipv6_prefix.min(128));
+                    let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                    ClientKey(IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask)))
+                }
+            },
+        }
+    }
+
+    /// The (masked) address, for logs.
+    pub fn ip(&self) -> IpAddr {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Whether a connection from `peer` takes its per-IP connection slot at accept: yes unless
+/// `peer` is a trusted proxy, whose connections carry many clients; those are counted per
+/// upgrade, on the client the request names (see `proxy::handler`).
+pub fn slot_at_accept(peer: SocketAddr, trusted: Option<&[IpNet]>) -> bool {
+    !trusted.is_some_and(|t| t.iter().any(|n| n.contains(&peer.ip())))
+}
+
+/// Logs the limits in force (one line at start), so an operator sees what caps the site.
+pub fn log_effective(config: &crate::config::Config) {
+    let l = &config.limits;
+    let off = |n: usize| {
+        if n == 0 {
+            "off".to_owned()
+        } else {
+            n.to_string()
+        }
+    };
+    tracing::info!(
+        max_connections = l.max_connections,
+        max_pending_handshakes = l.max_pending_handshakes,
+        max_concurrent_hashes = l.max_concurrent_hashes,
+        max_hashes_per_ip = %off(l.max_hashes_per_ip),
+        max_connections_per_ip = %off(l.max_connections_per_ip),
+        handshake_rate_per_ip = %off(l.handshake_rate_per_ip as usize),
+        handshake_burst_per_ip = l.handshake_burst_per_ip,
+        ipv6_prefix = l.ipv6_prefix,
+        trusted_proxies = config.trusted_proxies.as_ref().map_or(0, Vec::len),
+        "effective limits"
+    );
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -21,35 +101,35 @@ struct Bucket {
     last: Instant,
 }
 
-/// Shared per-IP limit state; lives across reloads (limits are read per call).
-#[derive(Debug, Default)]
+/// Shared per-client limit state; lives across reloads (limits are read per call).
+#[derive(Debug)]
 pub struct Limits {
-    conns: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
-    buckets: [Mutex<HashMap<IpAddr, Bucket>>; SHARDS],
+    conns: [Mutex<HashMap<ClientKey, u32>>; SHARDS],
+    buckets: [Mutex<LruCache<ClientKey, Bucket>>; SHARDS],
 }
 
-/// Holds one connection slot of an IP; released on drop.
+/// Holds one connection slot of a client; released on drop.
 #[derive(Debug)]
 pub struct IpSlot {
     limits: Arc<Limits>,
-    ip: IpAddr,
+    key: ClientKey,
 }
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut map = lock(&self.limits.conns[shard(self.ip)]);
-        if let Some(n) = map.get_mut(&self.ip) {
+        let mut map = lock(&self.limits.conns[shard(&self.key)]);
+        if let Some(n) = map.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                map.remove(&self.ip);
+                map.remove(&self.key);
             }
         }
     }
 }
 
-fn shard(ip: IpAddr) -> usize {
+fn shard(key: &ClientKey) -> usize {
     let mut h = std::hash::DefaultHasher::new();
-    ip.hash(&mut h);
+    key.hash(&mut h);
     (h.finish() as usize) % SHARDS
 }
 
@@ -62,38 +142,50 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Limits {
     /// Empty state.
     pub fn new() -> Arc<Self> {
-        Arc::new(Limits::default())
+        Self::with_capacity(PER_SHARD)
     }
 
-    /// Takes a connection slot for `ip` unless it already has `max` (0 = unlimited).
-    pub fn try_connect(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
-        let mut map = lock(&self.conns[shard(ip)]);
-        let n = map.entry(ip).or_insert(0);
+    fn with_capacity(per_shard: usize) -> Arc<Self> {
+        let cap = NonZeroUsize::new(per_shard).unwrap_or(NonZeroUsize::MIN);
+        Arc::new(Limits {
+            conns: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            buckets: std::array::from_fn(|_| Mutex::new(LruCache::new(cap))),
+        })
+    }
+
+    /// Takes a connection slot for `key` unless it already has `max` (0 = unlimited).
+    pub fn try_connect(self: &Arc<Self>, key: ClientKey, max: usize) -> Option<IpSlot> {
+        let mut map = lock(&self.conns[shard(&key)]);
+        let n = map.entry(key).or_insert(0);
+        // A refusal needs n >= max > 0: the entry existed already, none is left empty.
         if max != 0 && *n as usize >= max {
             return None;
         }
         *n += 1;
         Some(IpSlot {
             limits: self.clone(),
-            ip,
+            key,
         })
     }
 
-    /// Open connections of `ip`.
+    /// Open connections of `key`.
     #[cfg(test)]
-    fn connections(&self, ip: IpAddr) -> u32 {
-        lock(&self.conns[shard(ip)]).get(&ip).copied().unwrap_or(0)
+    fn connections(&self, key: ClientKey) -> u32 {
+        lock(&self.conns[shard(&key)])
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
     }
 
-    /// Spends one handshake token of `ip`; `Err(wait)` says when the next one is due.
+    /// Spends one request token of `key`; `Err(wait)` says when the next one is due.
     /// `rate` 0 disables the limit.
-    pub fn try_handshake(&self, ip: IpAddr, rate: u32, burst: u32) -> Result<(), Duration> {
-        self.try_handshake_at(ip, rate, burst, Instant::now())
+    pub fn try_request(&self, key: ClientKey, rate: u32, burst: u32) -> Result<(), Duration> {
+        self.try_request_at(key, rate, burst, Instant::now())
     }
 
-    fn try_handshake_at(
+    fn try_request_at(
         &self,
-        ip: IpAddr,
+        key: ClientKey,
         rate: u32,
         burst: u32,
         now: Instant,
@@ -103,11 +195,9 @@ impl Limits {
         }
         let rate = f64::from(rate);
         let burst = f64::from(burst.max(1));
-        let mut map = lock(&self.buckets[shard(ip)]);
-        if map.len() >= PRUNE_AT {
-            map.retain(|_, b| now.duration_since(b.last) < BUCKET_IDLE_FORGET);
-        }
-        let b = map.entry(ip).or_insert(Bucket {
+        let mut map = lock(&self.buckets[shard(&key)]);
+        // `get_or_insert_mut` evicts the least recently used bucket when the shard is full.
+        let b = map.get_or_insert_mut(key, || Bucket {
             tokens: burst,
             last: now,
         });
@@ -121,57 +211,164 @@ impl Limits {
             Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
         }
     }
+
+    /// Drops buckets that have refilled (idle for `burst / rate`), oldest first; returns how
+    /// many. Called by the background sweeper: each shard's LRU end is popped only while it
+    /// is stale, so the work is proportional to what is removed.
+    pub fn prune(&self, rate: u32, burst: u32) -> usize {
+        self.prune_at(rate, burst, Instant::now())
+    }
+
+    fn prune_at(&self, rate: u32, burst: u32, now: Instant) -> usize {
+        let full_after = if rate == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(f64::from(burst.max(1)) / f64::from(rate))
+        };
+        let mut removed = 0;
+        for shard in &self.buckets {
+            let mut map = lock(shard);
+            while let Some((_, b)) = map.peek_lru() {
+                if now.saturating_duration_since(b.last) < full_after {
+                    break;
+                }
+                map.pop_lru();
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Rate buckets held now.
+    pub fn tracked_clients(&self) -> usize {
+        self.buckets.iter().map(|s| lock(s).len()).sum()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
-    const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 8));
+    fn key(s: &str) -> ClientKey {
+        ClientKey::new(s.parse().unwrap(), 64)
+    }
 
     #[test]
     fn connection_slots_are_counted_and_released() {
+        let (ip, other) = (key("192.0.2.7"), key("192.0.2.8"));
         let l = Limits::new();
-        let a = l.try_connect(IP, 2).unwrap();
-        let _b = l.try_connect(IP, 2).unwrap();
-        assert!(l.try_connect(IP, 2).is_none());
+        let a = l.try_connect(ip, 2).unwrap();
+        let _b = l.try_connect(ip, 2).unwrap();
+        assert!(l.try_connect(ip, 2).is_none());
         assert!(
-            l.try_connect(OTHER, 2).is_some(),
+            l.try_connect(other, 2).is_some(),
             "other IPs are independent"
         );
         drop(a);
-        assert!(l.try_connect(IP, 2).is_some());
-        assert!(l.try_connect(IP, 0).is_some(), "0 means unlimited");
+        assert!(l.try_connect(ip, 2).is_some());
+        assert!(l.try_connect(ip, 0).is_some(), "0 means unlimited");
     }
 
     #[test]
     fn slots_leave_no_entry_behind() {
+        let ip = key("192.0.2.7");
         let l = Limits::new();
-        drop(l.try_connect(IP, 1));
-        assert_eq!(l.connections(IP), 0);
-        assert!(lock(&l.conns[shard(IP)]).is_empty());
+        drop(l.try_connect(ip, 1));
+        assert_eq!(l.connections(ip), 0);
+        assert!(lock(&l.conns[shard(&ip)]).is_empty());
     }
 
     #[test]
     fn token_bucket_allows_burst_then_rate() {
+        let (ip, other) = (key("192.0.2.7"), key("192.0.2.8"));
         let l = Limits::new();
         let t0 = Instant::now();
         for _ in 0..5 {
-            assert!(l.try_handshake_at(IP, 10, 5, t0).is_ok());
+            assert!(l.try_request_at(ip, 10, 5, t0).is_ok());
         }
-        let wait = l.try_handshake_at(IP, 10, 5, t0).unwrap_err();
+        let wait = l.try_request_at(ip, 10, 5, t0).unwrap_err();
         assert!(wait > Duration::from_millis(90) && wait <= Duration::from_millis(100));
         // 100 ms later one token is back.
-        assert!(
-            l.try_handshake_at(IP, 10, 5, t0 + Duration::from_millis(100))
-                .is_ok()
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(l.try_request_at(ip, 10, 5, t1).is_ok());
+        assert!(l.try_request_at(ip, 10, 5, t1).is_err());
+        assert!(l.try_request_at(other, 10, 5, t0).is_ok());
+        assert!(l.try_request_at(ip, 0, 5, t0).is_ok(), "rate 0 disables");
+    }
+
+    #[test]
+    fn ipv6_is_grouped_by_prefix_and_mapped_v4_is_v4() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff")
         );
-        assert!(
-            l.try_handshake_at(IP, 10, 5, t0 + Duration::from_millis(100))
-                .is_err()
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("2001:db8:1:2::1").ip(), ip("2001:db8:1:2::"));
+        assert_eq!(key("::ffff:203.0.113.5"), key("203.0.113.5"));
+        assert_eq!(key("::ffff:203.0.113.5").ip(), ip("203.0.113.5"));
+        assert_ne!(
+            ClientKey::new(ip("2001:db8::1"), 128),
+            ClientKey::new(ip("2001:db8::2"), 128)
         );
-        assert!(l.try_handshake_at(OTHER, 10, 5, t0).is_ok());
-        assert!(l.try_handshake_at(IP, 0, 5, t0).is_ok(), "rate 0 disables");
+        assert_eq!(
+            ClientKey::new(ip("2001:db8:1::1"), 32),
+            ClientKey::new(ip("2001:db8:2::1"), 32)
+        );
+        assert_eq!(ClientKey::new(ip("2001:db8::1"), 1).ip(), ip("::"));
+        assert_eq!(ClientKey::new(ip("8001:db8::1"), 1).ip(), ip("8000::"));
+        // IPv4 is never masked.
+        assert_eq!(ClientKey::new(ip("192.0.2.7"), 8).ip(), ip("192.0.2.7"));
+    }
+
+    #[test]
+    fn bucket_table_is_capped_and_forgets_the_least_recently_seen() {
+        let l = Limits::with_capacity(2);
+        let t0 = Instant::now();
+        // Far more clients than the cap (2 per shard): the table never grows past it.
+        for i in 0..10_000u32 {
+            let k = ClientKey::new(IpAddr::V4(i.into()), 64);
+            assert!(l.try_request_at(k, 1, 1, t0).is_ok());
+        }
+        assert!(l.tracked_clients() <= 2 * SHARDS, "{}", l.tracked_clients());
+        // An active client keeps its (empty) bucket while others churn through its shard.
+        let hot = key("192.0.2.7");
+        assert!(l.try_request_at(hot, 1, 1, t0).is_ok());
+        assert!(l.try_request_at(hot, 1, 1, t0).is_err());
+        let same_shard: Vec<ClientKey> = (0..100_000u32)
+            .map(|i| ClientKey::new(IpAddr::V4(i.into()), 64))
+            .filter(|k| shard(k) == shard(&hot) && *k != hot)
+            .take(1)
+            .collect();
+        assert!(l.try_request_at(same_shard[0], 1, 1, t0).is_ok());
+        assert!(
+            l.try_request_at(hot, 1, 1, t0).is_err(),
+            "one newcomer does not evict a recently seen client"
+        );
+    }
+
+    #[test]
+    fn prune_drops_only_refilled_buckets() {
+        let l = Limits::new();
+        let t0 = Instant::now();
+        let (old, fresh) = (key("192.0.2.7"), key("192.0.2.8"));
+        l.try_request_at(old, 10, 20, t0).unwrap();
+        l.try_request_at(fresh, 10, 20, t0 + Duration::from_secs(1))
+            .unwrap();
+        // burst 20 at 10/s is full again after 2 s.
+        assert_eq!(l.prune_at(10, 20, t0 + Duration::from_millis(1500)), 0);
+        assert_eq!(l.prune_at(10, 20, t0 + Duration::from_millis(2500)), 1);
+        assert_eq!(l.tracked_clients(), 1);
+        assert_eq!(l.prune_at(0, 20, t0), 1, "rate off: nothing to remember");
+        assert_eq!(l.tracked_clients(), 0);
+    }
+
+    #[test]
+    fn trusted_peers_are_counted_per_request() {
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(slot_at_accept(peer("10.1.2.3:5"), None));
+        assert!(slot_at_accept(peer("192.0.2.1:5"), Some(&nets)));
+        assert!(!slot_at_accept(peer("10.1.2.3:5"), Some(&nets)));
     }
 }

@@ -158,19 +158,28 @@ async fn handle_connection(
     }
     let limits = &runtime.config.limits;
     let tls = runtime.listener_tls.get(index).cloned().flatten();
-    let Some(ip_slot) = shared
-        .limits
-        .try_connect(peer.ip(), limits.max_connections_per_ip)
-    else {
-        refuse(
-            &shared,
-            stream,
-            peer,
-            tls.is_none(),
-            "max_connections_per_ip",
-            429,
-        );
-        return;
+    // A trusted proxy's connection carries many clients: the handler counts each upgrade
+    // on the client it names instead.
+    let trusted = runtime.config.trusted_proxies.as_deref();
+    let ip_slot = if crate::limits::slot_at_accept(peer, trusted) {
+        let key = crate::limits::ClientKey::new(peer.ip(), limits.ipv6_prefix);
+        let Some(slot) = shared
+            .limits
+            .try_connect(key, limits.max_connections_per_ip)
+        else {
+            refuse(
+                &shared,
+                stream,
+                peer,
+                tls.is_none(),
+                "max_connections_per_ip",
+                429,
+            );
+            return;
+        };
+        Some(slot)
+    } else {
+        None
     };
     let permits = ConnPermits {
         connection,

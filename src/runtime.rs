@@ -80,7 +80,10 @@ pub fn build_with(
         }
     }
 
-    let limiter = Arc::new(HashLimiter::new(config.limits.max_concurrent_hashes));
+    let limiter = Arc::new(
+        HashLimiter::new(config.limits.max_concurrent_hashes)
+            .per_client(config.limits.max_hashes_per_ip),
+    );
     let mut authenticators = std::collections::BTreeMap::new();
     for (name, cfg) in &config.auth {
         match Authenticator::build(name, cfg, limiter.clone()) {

@@ -631,6 +631,21 @@ async fn sigterm_drains_open_tunnel_then_exits_0() {
     );
     gate.wait_healthy(addr(admin)).await;
     assert_eq!(get(addr(admin), "/readyz").await.map(|r| r.0), Some(200));
+    // The limits in force are logged once at start, per-client caps off by default.
+    let log = gate.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("effective limits"))
+        .unwrap_or_else(|| panic!("no effective limits line:\n{log}"));
+    for field in [
+        "max_connections=10000",
+        "max_connections_per_ip=off",
+        "handshake_rate_per_ip=off",
+        "max_hashes_per_ip=2",
+        "ipv6_prefix=64",
+    ] {
+        assert!(line.contains(field), "{field} missing in: {line}");
+    }
 
     let url = format!("ws://127.0.0.1:{listen}/a");
     let (mut ws, _) = ws_connect(&url, &[]).await.expect("tunnel");

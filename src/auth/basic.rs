@@ -8,9 +8,10 @@ use base64::engine::general_purpose::STANDARD;
 
 use super::cache::SuccessCache;
 use super::htpasswd::{self, Htpasswd, StoredHash};
-use super::limiter::HashLimiter;
+use super::limiter::{HashLimiter, Refused};
 use super::{AuthFailure, Consumed, Identity, Scheme, authorization};
 use crate::config::BasicConfig;
+use crate::limits::ClientKey;
 
 /// A ready Basic authenticator: users loaded, cache and limiter wired.
 pub(crate) struct Basic {
@@ -50,10 +51,21 @@ impl Basic {
         })
     }
 
-    /// Judges the `Authorization: Basic` credential, if any.
+    /// Judges the `Authorization: Basic` credential, if any (no per-client hash bound).
+    #[cfg(test)]
     pub(crate) async fn check(
         &self,
         headers: &http::HeaderMap,
+    ) -> Result<(Identity, Consumed), AuthFailure> {
+        self.check_from(headers, None).await
+    }
+
+    /// Judges the `Authorization: Basic` credential, if any; a hash counts against
+    /// `client`'s share of the hash limiter.
+    pub(crate) async fn check_from(
+        &self,
+        headers: &http::HeaderMap,
+        client: Option<ClientKey>,
     ) -> Result<(Identity, Consumed), AuthFailure> {
         let encoded = match authorization(headers)? {
             Some((Scheme::Basic, rest)) => rest,
@@ -78,7 +90,7 @@ impl Basic {
                 None => return Err(AuthFailure::BadCredentials),
             },
         };
-        let ok = self.verify(hash, password).await?;
+        let ok = self.verify(hash, password, client).await?;
         if !(ok && known) {
             return Err(AuthFailure::BadCredentials);
         }
@@ -89,12 +101,16 @@ impl Basic {
     }
 
     /// Runs the hash on a blocking thread while holding a limiter slot.
-    async fn verify(&self, hash: StoredHash, password: String) -> Result<bool, AuthFailure> {
-        let permit = self
-            .limiter
-            .acquire()
-            .await
-            .map_err(|_| AuthFailure::Busy)?;
+    async fn verify(
+        &self,
+        hash: StoredHash,
+        password: String,
+        client: Option<ClientKey>,
+    ) -> Result<bool, AuthFailure> {
+        let permit = self.limiter.acquire(client).await.map_err(|r| match r {
+            Refused::Saturated => AuthFailure::Busy,
+            Refused::ClientBusy => AuthFailure::TooMany,
+        })?;
         self.hashes.fetch_add(1, Ordering::Relaxed);
         // The permit moves into the closure: if the client goes away mid-hash, the slot
         // stays taken until the CPU work really ends.
@@ -300,6 +316,25 @@ mod tests {
         let _held = limiter.try_take().expect("slot");
         assert!(b.check(&creds("alice", "s3cret")).await.is_ok());
         assert_eq!(b.hash_runs(), 1);
+    }
+
+    #[tokio::test]
+    async fn too_many_when_the_client_has_its_share_in_flight() {
+        let limiter =
+            Arc::new(HashLimiter::with_limits(2, 10, Duration::from_secs(60)).per_client(1));
+        let (b, _f) = basic_with(Duration::from_secs(60), limiter.clone());
+        let me = Some(ClientKey::new("192.0.2.1".parse().unwrap(), 64));
+        let mine = limiter.acquire(me).await.expect("slot");
+        assert_eq!(
+            b.check_from(&creds("alice", "s3cret"), me).await.err(),
+            Some(AuthFailure::TooMany)
+        );
+        let other = Some(ClientKey::new("192.0.2.2".parse().unwrap(), 64));
+        assert!(b.check_from(&creds("alice", "s3cret"), other).await.is_ok());
+        drop(mine);
+        // A cache hit needs no hash, so no share either.
+        let _mine = limiter.acquire(me).await.expect("slot");
+        assert!(b.check_from(&creds("alice", "s3cret"), me).await.is_ok());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::time::SystemTime;
 pub use limiter::{ACQUIRE_TIMEOUT, HashLimiter, WAITERS_PER_PERMIT};
 
 use crate::config::AuthConfig;
+use crate::limits::ClientKey;
 
 /// Who was admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +75,9 @@ pub enum AuthFailure {
     /// Too many password verifications in flight; retry later.
     #[error("too many password verifications in flight")]
     Busy,
+    /// This client already has its share of password verifications in flight.
+    #[error("too many password verifications in flight from this client")]
+    TooMany,
 }
 
 impl AuthFailure {
@@ -88,6 +92,7 @@ impl AuthFailure {
             AuthFailure::BadSignature => "bad_signature",
             AuthFailure::BadClaims => "bad_claims",
             AuthFailure::Busy => "busy",
+            AuthFailure::TooMany => "too_many",
         }
     }
 }
@@ -146,8 +151,18 @@ impl Authenticator {
         headers: &http::HeaderMap,
         query: Option<&str>,
     ) -> Result<Admission, AuthFailure> {
+        self.check_from(headers, query, None).await
+    }
+
+    /// Like [`check`](Self::check); a password hash counts against `client`'s share.
+    pub async fn check_from(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+        client: Option<ClientKey>,
+    ) -> Result<Admission, AuthFailure> {
         let (identity, consumed) = match &self.kind {
-            Kind::Basic(b) => b.check(headers).await?,
+            Kind::Basic(b) => b.check_from(headers, client).await?,
             Kind::Jwt(j) => j.check(headers, query)?,
         };
         Ok(Admission {
@@ -206,20 +221,35 @@ impl RouteAuth {
         headers: &http::HeaderMap,
         query: Option<&str>,
     ) -> Result<Admission, AuthFailure> {
+        self.check_from(headers, query, None).await
+    }
+
+    /// Like [`check`](Self::check), for the request of `client`: a password hash counts
+    /// against its share, and `TooMany` (it should back off) wins over `Busy`.
+    pub async fn check_from(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+        client: Option<ClientKey>,
+    ) -> Result<Admission, AuthFailure> {
         let mut judged: Option<AuthFailure> = None;
-        let mut busy = false;
+        let mut busy = None;
         for a in &self.auths {
-            match a.check(headers, query).await {
+            match a.check_from(headers, query, client).await {
                 Ok(admission) => return Ok(admission),
                 Err(AuthFailure::Missing) => {}
-                Err(AuthFailure::Busy) => busy = true,
+                Err(f @ (AuthFailure::Busy | AuthFailure::TooMany)) => {
+                    if busy != Some(AuthFailure::TooMany) {
+                        busy = Some(f);
+                    }
+                }
                 Err(f) => {
                     judged.get_or_insert(f);
                 }
             }
         }
-        if busy {
-            return Err(AuthFailure::Busy);
+        if let Some(busy) = busy {
+            return Err(busy);
         }
         Err(judged.unwrap_or(AuthFailure::Missing))
     }

@@ -293,8 +293,13 @@ routes:
             }
         );
         assert_eq!(c.limits.max_connections, 10_000);
-        assert_eq!(c.limits.max_connections_per_ip, 256);
-        assert_eq!(c.limits.handshake_rate_per_ip, 20);
+        assert_eq!(
+            c.limits.max_connections_per_ip, 0,
+            "per-client caps off by default"
+        );
+        assert_eq!(c.limits.handshake_rate_per_ip, 0);
+        assert_eq!(c.limits.max_hashes_per_ip, 2);
+        assert_eq!(c.limits.ipv6_prefix, 64);
         assert_eq!(c.limits.handshake_burst_per_ip, 40);
         assert_eq!(c.limits.max_pending_handshakes, 1024);
         assert_eq!(c.trusted_proxies, None);
@@ -723,12 +728,28 @@ routes:
             LimitsConfig {
                 max_connections: 5,
                 max_concurrent_hashes: 2,
-                max_connections_per_ip: 256,
-                handshake_rate_per_ip: 20,
+                max_hashes_per_ip: 2,
+                max_connections_per_ip: 0,
+                handshake_rate_per_ip: 0,
                 handshake_burst_per_ip: 40,
+                ipv6_prefix: 64,
                 max_pending_handshakes: 1024,
             }
         );
+        let c = ok(&with(
+            "limits: {max_connections_per_ip: 8, handshake_rate_per_ip: 5, max_hashes_per_ip: 0, ipv6_prefix: 48}\n",
+        ));
+        assert_eq!(c.limits.max_connections_per_ip, 8);
+        assert_eq!(c.limits.handshake_rate_per_ip, 5);
+        assert_eq!(c.limits.max_hashes_per_ip, 0, "0 = unlimited");
+        assert_eq!(c.limits.ipv6_prefix, 48);
+        for bad in ["0", "129", "-1", "\"64\""] {
+            let e = errs(&with(&format!("limits: {{ipv6_prefix: {bad}}}\n")));
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            has(&e, "limits.ipv6_prefix", "");
+        }
+        let e = errs(&with("limits: {ipv6_prefix: 129}\n"));
+        has(&e, "limits.ipv6_prefix", "1 to 128");
         let c = ok(&with(
             "limits: {max_connections_per_ip: 0, handshake_rate_per_ip: 0}\n",
         ));

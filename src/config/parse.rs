@@ -58,6 +58,8 @@ const LIMIT_KEYS: &[&str] = &[
     "handshake_rate_per_ip",
     "handshake_burst_per_ip",
     "max_pending_handshakes",
+    "max_hashes_per_ip",
+    "ipv6_prefix",
 ];
 
 /// Algorithm names in the order they are listed in messages.
@@ -984,8 +986,14 @@ impl Walker<'_> {
                 "max_concurrent_hashes",
                 cpus,
             ),
-            max_connections_per_ip: self.opt_count(m, "limits", "max_connections_per_ip", 256),
-            handshake_rate_per_ip: to_u32(self.opt_count(m, "limits", "handshake_rate_per_ip", 20)),
+            // Per-client caps are off unless set: behind a NAT or a load balancer without
+            // `trusted_proxies` they would cap the whole site (README: hardened profile).
+            max_connections_per_ip: self.opt_count(m, "limits", "max_connections_per_ip", 0),
+            handshake_rate_per_ip: to_u32(self.opt_count(m, "limits", "handshake_rate_per_ip", 0)),
+            // On by default: it only bites a client with several uncached password checks
+            // at once, and stops one client from filling the hash queue for everyone.
+            max_hashes_per_ip: self.opt_count(m, "limits", "max_hashes_per_ip", 2),
+            ipv6_prefix: self.ipv6_prefix(m),
             handshake_burst_per_ip: to_u32(self.opt_positive_int(
                 m,
                 "limits",
@@ -998,6 +1006,19 @@ impl Walker<'_> {
                 "max_pending_handshakes",
                 1024,
             ),
+        }
+    }
+
+    fn ipv6_prefix(&mut self, m: &Map<String, Value>) -> u8 {
+        let path = at("limits", "ipv6_prefix");
+        let n = field(m, "ipv6_prefix").and_then(|v| self.positive_int(v, &path));
+        match n.map(u8::try_from) {
+            None => 64,
+            Some(Ok(n)) if n <= 128 => n,
+            Some(_) => {
+                self.err(&path, "expected a prefix length from 1 to 128");
+                64
+            }
         }
     }
 }

@@ -243,12 +243,16 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Concurrent password-hash verifications (default: number of CPUs).
     pub max_concurrent_hashes: usize,
-    /// Open connections per client IP (default 256; 0 = unlimited).
+    /// Password hashes in flight (running or queued) per client (default 2; 0 = unlimited).
+    pub max_hashes_per_ip: usize,
+    /// Open connections per client (default 0 = unlimited; see the README's hardened profile).
     pub max_connections_per_ip: usize,
-    /// Sustained upgrade handshakes per second per client IP (default 20; 0 = unlimited).
+    /// Sustained upgrades and authenticated requests per second per client (default 0 = off).
     pub handshake_rate_per_ip: u32,
-    /// Burst of handshakes allowed above the rate (default 40).
+    /// Burst of requests allowed above the rate (default 40).
     pub handshake_burst_per_ip: u32,
+    /// IPv6 clients are grouped by this prefix length for per-client limits (default 64).
+    pub ipv6_prefix: u8,
     /// Connections accepted but not yet past their first request (default 1024).
     pub max_pending_handshakes: usize,
 }

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::balance::ActiveGuard;
-use crate::limits::IpSlot;
+use crate::limits::{ClientKey, IpSlot};
 
 use crate::auth::{Admission, AuthFailure};
 use crate::metrics::{NO_ROUTE, Outcome};
@@ -47,8 +47,10 @@ pub struct ClientConn {
 pub struct ConnPermits {
     /// One of `limits.max_connections`.
     pub connection: OwnedSemaphorePermit,
-    /// One of the client IP's `limits.max_connections_per_ip`.
-    pub ip_slot: IpSlot,
+    /// One of the client's `limits.max_connections_per_ip`, taken at accept; `None` when the
+    /// peer is a trusted proxy, whose connection carries many clients: each upgrade then
+    /// takes one for the client it names, held by the tunnel.
+    pub ip_slot: Option<IpSlot>,
     /// One of `limits.max_pending_handshakes`, given back once the first request is answered.
     pub pending: Mutex<Option<OwnedSemaphorePermit>>,
 }
@@ -155,13 +157,13 @@ impl Handler {
                 return (label, Err(Refusal::Forbidden));
             }
         }
-        if upgrade {
-            let limits = &runtime.config.limits;
-            if let Err(wait) = self.shared.limits.try_handshake(
-                client_ip,
-                limits.handshake_rate_per_ip,
-                limits.handshake_burst_per_ip,
-            ) {
+        let limits = &runtime.config.limits;
+        let key = ClientKey::new(client_ip, limits.ipv6_prefix);
+        // Every request that can cost a password hash spends a token, not only upgrades:
+        // plain requests reach the same authenticators.
+        if upgrade || !route.auth.is_open() {
+            let rate = (limits.handshake_rate_per_ip, limits.handshake_burst_per_ip);
+            if let Err(wait) = self.shared.limits.try_request(key, rate.0, rate.1) {
                 return (
                     label,
                     Err(Refusal::TooManyRequests {
@@ -170,15 +172,33 @@ impl Handler {
                 );
             }
         }
+        let tunnel_slot = if upgrade && self.permits.ip_slot.is_none() {
+            match self
+                .shared
+                .limits
+                .try_connect(key, limits.max_connections_per_ip)
+            {
+                Some(slot) => Some(slot),
+                None => return (label, Err(Refusal::TooManyRequests { retry_after: 1 })),
+            }
+        } else {
+            None
+        };
         if upgrade && let Err(refusal) = check_websocket_request(&req) {
             return (label, Err(refusal));
         }
         let admission = if route.auth.is_open() {
             None
         } else {
-            match route.auth.check(req.headers(), req.uri().query()).await {
+            let auth = route
+                .auth
+                .check_from(req.headers(), req.uri().query(), Some(key));
+            match auth.await {
                 Ok(a) => Some(a),
                 Err(AuthFailure::Busy) => return (label, Err(Refusal::Busy)),
+                Err(AuthFailure::TooMany) => {
+                    return (label, Err(Refusal::TooManyRequests { retry_after: 1 }));
+                }
                 Err(failure) => {
                     route.metrics.auth_failure(failure.reason());
                     return (
@@ -200,6 +220,7 @@ impl Handler {
                 admission,
                 client_ip,
                 started,
+                tunnel_slot,
             )
             .await
         } else {
@@ -219,6 +240,7 @@ impl Handler {
         admission: Option<Admission>,
         client_ip: IpAddr,
         started: Instant,
+        tunnel_slot: Option<IpSlot>,
     ) -> Result<Response<ProxyBody>, Refusal> {
         let (parts, _body) = req.into_parts();
         let up_req = self.upstream_request(
@@ -267,7 +289,7 @@ impl Handler {
         let registry = self.shared.registry.clone();
         let user = admission.map(|a| a.identity.user);
         self.shared.tracker.spawn(async move {
-            let _held = (permits, server_guard);
+            let _held = (permits, server_guard, tunnel_slot);
             // Boxed so the waiting state doesn't stay inline in the tunnel's future for its
             // whole life (an idle tunnel's memory is mostly this future).
             let upgrades = Box::pin(async { tokio::join!(client_upgrade, upstream_upgrade) });
