@@ -322,11 +322,8 @@ pub fn try_metric_value(text: &str, series: &str) -> Option<f64> {
 pub async fn wait_metric(gate: &Gate, series: &str, want: f64) -> f64 {
     let mut v = 0.0;
     for _ in 0..100 {
-        v = match try_metric_value(&gate.metrics().await, series) {
-            Some(v) => v,
-            // Not exported yet (a label set appears at its first event): keep polling.
-            None => f64::NAN,
-        };
+        // Not exported yet (a label set appears at its first event): NaN, keep polling.
+        v = try_metric_value(&gate.metrics().await, series).unwrap_or(f64::NAN);
         if v == want {
             return v;
         }
