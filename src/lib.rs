@@ -29,6 +29,7 @@ pub mod forwarded;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod pinning;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod registry;

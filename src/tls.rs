@@ -107,20 +107,26 @@ pub fn upstream_client_config() -> Result<Arc<rustls::ClientConfig>, String> {
     client_config_with_roots(roots)
 }
 
-/// Builds a client config trusting the certificates of a PEM CA file (a route's `ca`).
+/// Builds a client config trusting the certificates of a PEM CA file (a route's `ca`): as
+/// roots for path validation, and each as a pinned server certificate (see [`crate::pinning`]).
 pub fn client_config_with_ca_file(path: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
-    }
-    if roots.is_empty() {
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?;
+    if certs.is_empty() {
         return Err(format!("{}: no CERTIFICATE block found", path.display()));
     }
-    client_config_with_roots(roots)
+    let verifier = crate::pinning::PinningVerifier::new(certs, provider())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
 }
 
 /// Builds a client config trusting exactly `roots` (tests and per-route CAs).

@@ -385,6 +385,41 @@ colour: blue
     assert!(!text.lines().any(|l| l.trim() == "ok"), "{text}");
 }
 
+/// Issue 8 item 10: a short HMAC secret (the old README's dev value) and `auth: []` are
+/// config errors, each on its own line with its YAML path; the secret is never printed.
+#[test]
+fn check_refuses_a_short_hmac_secret_and_an_empty_auth_list() {
+    let files = Files::new();
+    let cfg = files.write(
+        "short.yaml",
+        r#"listeners:
+  - bind: "127.0.0.1:0"
+auth:
+  jwt:
+    type: jwt
+    algorithms: [HS256]
+    secret: "${WSGATE_JWT_SECRET}"
+routes:
+  - path: /a
+    upstream: ws://127.0.0.1:3000
+    auth: []
+  - path: /b
+    upstream: ws://127.0.0.1:3000
+    auth: [jwt]
+"#,
+    );
+    let out = run(wsgate(files.dir.path())
+        .env("WSGATE_JWT_SECRET", "dev-only-secret")
+        .args(["check", "--config"])
+        .arg(&cfg));
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "stdout:\n{text}");
+    assert_problems(&text, &["auth.jwt.secret", "routes[0].auth"]);
+    assert!(text.contains("at least 32 bytes"), "{text}");
+    assert!(text.contains("omit the key for an open route"), "{text}");
+    assert!(!text.contains("dev-only-secret"), "{text}");
+}
+
 #[test]
 fn check_reports_every_file_problem_in_one_run() {
     let files = Files::new();

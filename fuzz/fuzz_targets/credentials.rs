@@ -3,7 +3,8 @@
 //! `strip_query_param` / `is_acceptable_path`.
 //!
 //! Invariants: nothing panics; `strip_query_param` is idempotent and never returns an
-//! empty query; an admission names who was admitted.
+//! empty query; a query that passes `check_query` has no `;` and, once stripped, no key
+//! that is the token parameter in any case; an admission names who was admitted.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -42,6 +43,7 @@ fn fixture() -> &'static Fixture {
             audience: None,
             leeway: Duration::from_secs(30),
             max_token_bytes: 8192,
+            max_token_age: None,
         });
         let auths = vec![
             Arc::new(Authenticator::build("users", &basic, limiter.clone()).expect("basic")),
@@ -77,11 +79,23 @@ fuzz_target!(|data: &[u8]| {
     let _ = wsgate::route::is_acceptable_path(&query);
 
     let f = fixture();
+    let q = (!query.is_empty()).then_some(query.as_ref());
+    if f.route.check_query(q).is_ok() {
+        assert!(!query.contains(';'), "`;` passed in {query:?}");
+        let stripped = wsgate::auth::strip_query_param(&query, "token").unwrap_or_default();
+        for pair in stripped.split('&') {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            assert!(
+                !key.eq_ignore_ascii_case("token"),
+                "{key:?} reaches the upstream from {query:?}"
+            );
+        }
+    }
+
     let mut headers = http::HeaderMap::new();
     if let Ok(v) = http::HeaderValue::from_bytes(header) {
         headers.insert(http::header::AUTHORIZATION, v);
     }
-    let q = (!query.is_empty()).then_some(query.as_ref());
     if let Ok(admission) = f.runtime.block_on(f.route.check(&headers, q)) {
         assert!(!admission.identity.user.is_empty());
     }

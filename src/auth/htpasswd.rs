@@ -12,6 +12,9 @@ use argon2::{Argon2, PasswordHash, PasswordVerifier};
 /// The hint appended to every "unsupported hash" message.
 const SUPPORTED_HINT: &str = "use bcrypt or argon2id; see `wsgate hash-password`";
 
+/// Longest password bcrypt reads in full (it ignores every byte after these).
+pub(crate) const BCRYPT_MAX_PASSWORD: usize = 72;
+
 /// A verified-parseable password hash.
 #[derive(Clone)]
 pub(crate) enum StoredHash {
@@ -26,6 +29,9 @@ impl StoredHash {
     pub(crate) fn verify(&self, password: &[u8]) -> bool {
         match self {
             // bcrypt compares the digests in constant time itself (it uses `subtle`).
+            // bcrypt reads only the first 72 bytes; a longer password would be judged on a
+            // prefix (any suffix accepted), so it is refused. Exactly 72 bytes is checked in full.
+            StoredHash::Bcrypt(_) if password.len() > BCRYPT_MAX_PASSWORD => false,
             StoredHash::Bcrypt(h) => bcrypt::verify(password, h).unwrap_or(false),
             StoredHash::Argon2id(h) => match PasswordHash::new(h) {
                 // `verify_password` reads algorithm, version and params from the hash and
@@ -53,8 +59,9 @@ impl std::fmt::Debug for StoredHash {
 pub(crate) struct Htpasswd {
     /// Users in file order's hash map (order is irrelevant for lookups).
     pub(crate) users: HashMap<String, StoredHash>,
-    /// One real hash from the file, verified against for unknown users so that their
-    /// rejection costs as much as a wrong password (no user enumeration by timing).
+    /// A real hash from the file, of its most common algorithm and cost, verified against for
+    /// unknown users so that their rejection costs as much as most wrong passwords (no user
+    /// enumeration by timing).
     pub(crate) dummy: Option<StoredHash>,
 }
 
@@ -63,6 +70,8 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Htpasswd, Vec<String>> {
     let mut out = Htpasswd::default();
     let mut first_line: HashMap<String, usize> = HashMap::new();
     let mut errors = Vec::new();
+    // (algorithm and cost, users with it, one of their hashes), in order of first appearance.
+    let mut classes: Vec<(CostClass, usize, StoredHash)> = Vec::new();
     for (idx, raw) in bytes.split(|b| *b == b'\n').enumerate() {
         let lineno = idx + 1;
         let Ok(line) = std::str::from_utf8(raw) else {
@@ -97,15 +106,48 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Htpasswd, Vec<String>> {
             continue;
         }
         first_line.insert(user.to_owned(), lineno);
-        if out.dummy.is_none() {
-            out.dummy = Some(stored.clone());
+        let class = cost_class(&stored);
+        match classes.iter_mut().find(|(c, _, _)| *c == class) {
+            Some((_, count, _)) => *count += 1,
+            None => classes.push((class, 1, stored.clone())),
         }
         out.users.insert(user.to_owned(), stored);
     }
+    // Most users; a tie goes to the class seen first (`max_by_key` keeps the last maximum,
+    // hence the reversed scan).
+    out.dummy = classes
+        .into_iter()
+        .rev()
+        .max_by_key(|(_, count, _)| *count)
+        .map(|(_, _, h)| h);
     if errors.is_empty() {
         Ok(out)
     } else {
         Err(errors)
+    }
+}
+
+/// What decides how long a verification takes: the algorithm and its cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CostClass {
+    /// bcrypt at this cost (the `$2a$`/`$2b$`/`$2y$` variants cost the same).
+    Bcrypt(u32),
+    /// argon2id with (memory KiB, iterations, lanes, output length).
+    Argon2id(u32, u32, u32, Option<usize>),
+    /// Unreadable parameters (cannot happen after `parse_hash`).
+    Unknown,
+}
+
+fn cost_class(h: &StoredHash) -> CostClass {
+    match h {
+        StoredHash::Bcrypt(s) => bcrypt::HashParts::from_str(s)
+            .map_or(CostClass::Unknown, |p| CostClass::Bcrypt(p.get_cost())),
+        StoredHash::Argon2id(s) => PasswordHash::new(s)
+            .ok()
+            .and_then(|p| argon2::Params::try_from(&p).ok())
+            .map_or(CostClass::Unknown, |p| {
+                CostClass::Argon2id(p.m_cost(), p.t_cost(), p.p_cost(), p.output_len())
+            }),
     }
 }
 
@@ -262,6 +304,86 @@ mod tests {
     fn reports_every_bad_line() {
         let errs = parse(b"a:$apr1$x$y\nb:{SHA}zz\n").expect_err("must fail");
         assert_eq!(errs.len(), 2);
+    }
+
+    fn bcrypt_at(pw: &str, cost: u32) -> String {
+        bcrypt::hash_with_result(pw, cost)
+            .expect("bcrypt hash")
+            .format_for_version(bcrypt::Version::TwoY)
+    }
+
+    /// (algorithm, cost parameters) of a stored hash, read back from the hash string.
+    fn class_of(h: &StoredHash) -> String {
+        match h {
+            StoredHash::Bcrypt(s) => {
+                let cost = bcrypt::HashParts::from_str(s).expect("bcrypt").get_cost();
+                format!("bcrypt cost {cost}")
+            }
+            StoredHash::Argon2id(s) => {
+                let parsed = PasswordHash::new(s).expect("argon2");
+                let p = argon2::Params::try_from(&parsed).expect("params");
+                format!(
+                    "argon2id m={} t={} p={}",
+                    p.m_cost(),
+                    p.t_cost(),
+                    p.p_cost()
+                )
+            }
+        }
+    }
+
+    #[test]
+    fn dummy_matches_the_most_common_algorithm_and_cost() {
+        // The first user is the odd one out: the dummy must follow the majority, or every
+        // unknown name would answer at the odd user's speed.
+        let text = format!(
+            "root:{}\nalice:{}\nbob:{}\ncarol:{}\n",
+            bcrypt_at("a", 4),
+            bcrypt_at("b", 5),
+            bcrypt_at("c", 5),
+            argon_hash("d"),
+        );
+        let h = parse(text.as_bytes()).expect("parses");
+        assert_eq!(class_of(h.dummy.as_ref().expect("dummy")), "bcrypt cost 5");
+
+        let cheap = |pw: &str| {
+            crate::auth::hash_argon2id(pw, argon2::Params::new(32, 2, 1, None).expect("params"))
+                .expect("argon2 hash")
+        };
+        let text = format!(
+            "root:{}\nalice:{}\nbob:{}\ncarol:{}\ndave:{}\neve:{}\n",
+            bcrypt_at("a", 4),
+            argon_hash("b"),
+            cheap("c"),
+            cheap("d"),
+            bcrypt_at("e", 4),
+            cheap("f"),
+        );
+        let h = parse(text.as_bytes()).expect("parses");
+        assert_eq!(
+            class_of(h.dummy.as_ref().expect("dummy")),
+            "argon2id m=32 t=2 p=1"
+        );
+
+        // A tie goes to the class seen first.
+        let text = format!("a:{}\nb:{}\n", bcrypt_at("a", 5), bcrypt_at("b", 4));
+        let h = parse(text.as_bytes()).expect("parses");
+        assert_eq!(class_of(h.dummy.as_ref().expect("dummy")), "bcrypt cost 5");
+    }
+
+    #[test]
+    fn bcrypt_refuses_passwords_longer_than_72_bytes() {
+        // bcrypt reads 72 bytes; accepting more would accept any suffix of a 72-byte password.
+        let long = "p".repeat(72);
+        let h = parse(format!("u:{}\n", bcrypt_at(&long, 4)).as_bytes()).expect("parses");
+        assert!(h.users["u"].verify(long.as_bytes()));
+        assert!(!h.users["u"].verify(format!("{long}x").as_bytes()));
+        assert!(!h.users["u"].verify(format!("{long}{long}").as_bytes()));
+        // argon2id has no such limit.
+        let longer = "q".repeat(200);
+        let h = parse(format!("u:{}\n", argon_hash(&longer)).as_bytes()).expect("parses");
+        assert!(h.users["u"].verify(longer.as_bytes()));
+        assert!(!h.users["u"].verify(format!("{longer}x").as_bytes()));
     }
 
     #[test]

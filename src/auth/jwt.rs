@@ -5,10 +5,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{AlgorithmFamily, DecodingKey, Validation};
+use jsonwebtoken::{DecodingKey, Validation};
 
 use super::{AuthFailure, Consumed, Identity, Scheme, authorization, query_param};
-use crate::config::{JwtConfig, JwtKey};
+use crate::config::{JwtConfig, PublicFamily, VerifyKey};
 
 /// Upper bound on `leeway`, in seconds.
 const MAX_LEEWAY_SECS: u64 = 86_400;
@@ -23,6 +23,8 @@ pub(crate) struct Jwt {
     query_param: String,
     /// Longer tokens are refused before any decoding.
     max_token_bytes: usize,
+    /// Oldest acceptable `iat`, as an age; `None`: `iat` is not looked at.
+    max_token_age: Option<Duration>,
 }
 
 impl Jwt {
@@ -31,58 +33,22 @@ impl Jwt {
         &self.query_param
     }
 
-    /// Loads the key and prepares the validation; errors are (field, message).
+    /// Loads the key and prepares the validation; errors are (field, message). The config
+    /// rules (key fits the algorithms, secret length, …) live in `config::check_jwt`.
     pub(crate) fn build(cfg: &JwtConfig) -> Result<Self, Vec<(String, String)>> {
-        let err = |field: &str, msg: String| vec![(field.to_owned(), msg)];
-        let Some(first) = cfg.algorithms.first() else {
-            return Err(err(
-                "algorithms",
-                "at least one algorithm is required".into(),
-            ));
-        };
-        let family = first.family();
-        // One key serves one family; jsonwebtoken refuses a mixed allow-list at verify time
-        // (every token would fail), so say it now.
-        if cfg.algorithms.iter().any(|a| a.family() != family) {
-            return Err(err(
-                "algorithms",
-                format!(
-                    "{:?} mix key types; one key can only verify one family (HS*, RS*/PS*, ES*, or EdDSA)",
-                    cfg.algorithms
-                ),
-            ));
-        }
-        let key = match (&cfg.key, family) {
-            (JwtKey::Secret(s), AlgorithmFamily::Hmac) => {
-                if s.is_empty() {
-                    return Err(err("secret", "must not be empty".into()));
-                }
-                DecodingKey::from_secret(s.as_bytes())
-            }
-            (JwtKey::Secret(_), _) => {
-                return Err(err(
-                    "secret",
-                    format!(
-                        "{:?} need `public_key`, not a shared secret",
-                        cfg.algorithms
-                    ),
-                ));
-            }
-            (JwtKey::PublicKey(p), AlgorithmFamily::Hmac) => {
-                return Err(err(
-                    "public_key",
-                    format!(
-                        "{:?} need `secret`, not a public key ({})",
-                        cfg.algorithms,
-                        p.display()
-                    ),
-                ));
-            }
-            (JwtKey::PublicKey(p), fam) => load_public_key(p, fam)
-                .map_err(|m| err("public_key", format!("{}: {m}", p.display())))?,
+        let (first, key) = crate::config::check_jwt(cfg).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|(field, m)| (field.to_owned(), m))
+                .collect::<Vec<_>>()
+        })?;
+        let key = match key {
+            VerifyKey::Secret(s) => DecodingKey::from_secret(s),
+            VerifyKey::PublicKey(p, family) => load_public_key(p, family)
+                .map_err(|m| vec![("public_key".to_owned(), format!("{}: {m}", p.display()))])?,
         };
 
-        let mut validation = Validation::new(*first);
+        let mut validation = Validation::new(first);
         validation.algorithms = cfg.algorithms.clone();
         // Capped at a day: more is a misconfiguration, and jsonwebtoken computes
         // `now - leeway` in u64, which an absurd leeway would underflow.
@@ -111,6 +77,7 @@ impl Jwt {
             validation,
             query_param: cfg.query_param.clone(),
             max_token_bytes: cfg.max_token_bytes,
+            max_token_age: cfg.max_token_age,
         })
     }
 
@@ -162,10 +129,33 @@ impl Jwt {
             .get("exp")
             .and_then(numeric_date)
             .ok_or(AuthFailure::BadClaims)?;
+        if let Some(max_age) = self.max_token_age {
+            self.check_age(&claims, max_age)?;
+        }
         Ok(Identity {
             user,
             expires_at: Some(expires_at),
         })
+    }
+}
+
+impl Jwt {
+    /// With `max_token_age`: `iat` must be a NumericDate, not in the future and not older
+    /// than the limit, both with the leeway. A future `iat` would never age, so it is refused
+    /// as not yet valid rather than letting the limit be skipped.
+    fn check_age(&self, claims: &serde_json::Value, max_age: Duration) -> Result<(), AuthFailure> {
+        let issued = claims
+            .get("iat")
+            .and_then(numeric_date)
+            .ok_or(AuthFailure::BadClaims)?;
+        let leeway = Duration::from_secs(self.validation.leeway);
+        let now = SystemTime::now();
+        match now.duration_since(issued) {
+            Ok(age) if age > max_age.saturating_add(leeway) => Err(AuthFailure::Expired),
+            Ok(_) => Ok(()),
+            Err(ahead) if ahead.duration() > leeway => Err(AuthFailure::NotYetValid),
+            Err(_) => Ok(()),
+        }
     }
 }
 
@@ -203,7 +193,7 @@ fn map_error(kind: &ErrorKind) -> AuthFailure {
 }
 
 /// Reads a PEM public key of the given family.
-fn load_public_key(path: &std::path::Path, family: AlgorithmFamily) -> Result<DecodingKey, String> {
+fn load_public_key(path: &std::path::Path, family: PublicFamily) -> Result<DecodingKey, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     // A private key here means a secret sitting where only public material belongs;
     // refuse rather than silently deriving from it.
@@ -214,10 +204,9 @@ fn load_public_key(path: &std::path::Path, family: AlgorithmFamily) -> Result<De
         return Err("is a private key; give the PEM public key instead".into());
     }
     let (parsed, kind) = match family {
-        AlgorithmFamily::Rsa => (DecodingKey::from_rsa_pem(&pem), "an RSA"),
-        AlgorithmFamily::Ec => (DecodingKey::from_ec_pem(&pem), "an EC"),
-        AlgorithmFamily::Ed => (DecodingKey::from_ed_pem(&pem), "an Ed25519"),
-        AlgorithmFamily::Hmac => return Err("HS* algorithms use `secret`".into()),
+        PublicFamily::Rsa => (DecodingKey::from_rsa_pem(&pem), "an RSA"),
+        PublicFamily::Ec => (DecodingKey::from_ec_pem(&pem), "an EC"),
+        PublicFamily::Ed => (DecodingKey::from_ed_pem(&pem), "an Ed25519"),
     };
     parsed.map_err(|_| {
         format!("not {kind} public key in PEM form (as the configured algorithms need)")
@@ -238,6 +227,7 @@ impl std::fmt::Debug for Jwt {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::config::JwtKey;
     use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
     use serde_json::json;
     use std::io::Write as _;
@@ -260,6 +250,7 @@ pub(crate) mod tests {
             audience: None,
             leeway: Duration::from_secs(5),
             max_token_bytes: 8192,
+            max_token_age: None,
         }
     }
 
@@ -551,6 +542,75 @@ pub(crate) mod tests {
         )
         .expect("encode");
         assert_eq!(check_bearer(&j, &t).expect("admit").user, "alice");
+    }
+
+    #[test]
+    fn max_token_age_checks_iat() {
+        let cfg = JwtConfig {
+            max_token_age: Some(Duration::from_secs(60)),
+            ..hs_cfg()
+        };
+        let j = Jwt::build(&cfg).expect("build");
+        let exp = now() + 3600;
+        let t = |iat: serde_json::Value| hs_token(&json!({"sub": "a", "exp": exp, "iat": iat}));
+        assert!(check_bearer(&j, &t(json!(now()))).is_ok());
+        // 60 s limit + 5 s leeway.
+        assert!(check_bearer(&j, &t(json!(now() - 63))).is_ok());
+        assert_eq!(
+            check_bearer(&j, &t(json!(now() - 70))).err(),
+            Some(AuthFailure::Expired)
+        );
+        assert!(check_bearer(&j, &t(json!(now() + 3))).is_ok());
+        assert_eq!(
+            check_bearer(&j, &t(json!(now() + 60))).err(),
+            Some(AuthFailure::NotYetValid)
+        );
+        for bad in [json!("now"), json!(-5), json!(null)] {
+            assert_eq!(
+                check_bearer(&j, &t(bad)).err(),
+                Some(AuthFailure::BadClaims)
+            );
+        }
+        let no_iat = hs_token(&json!({"sub": "a", "exp": exp}));
+        assert_eq!(
+            check_bearer(&j, &no_iat).err(),
+            Some(AuthFailure::BadClaims)
+        );
+        // Without the limit, `iat` is not looked at.
+        let j = Jwt::build(&hs_cfg()).expect("build");
+        assert!(check_bearer(&j, &no_iat).is_ok());
+        assert!(check_bearer(&j, &t(json!(now() - 86_400))).is_ok());
+    }
+
+    #[test]
+    fn config_rules_apply_to_a_programmatic_config() {
+        let cfg = JwtConfig {
+            key: JwtKey::Secret("dev-only-secret".into()),
+            ..hs_cfg()
+        };
+        let errs = Jwt::build(&cfg).expect_err("short secret");
+        assert_eq!(errs[0].0, "secret");
+        assert!(
+            errs[0].1.contains("at least 32 bytes (got 15)"),
+            "{}",
+            errs[0].1
+        );
+        let cfg = JwtConfig {
+            max_token_age: Some(Duration::ZERO),
+            ..hs_cfg()
+        };
+        assert_eq!(
+            Jwt::build(&cfg).expect_err("zero age")[0].0,
+            "max_token_age"
+        );
+        let cfg = JwtConfig {
+            algorithms: vec![],
+            ..hs_cfg()
+        };
+        assert_eq!(
+            Jwt::build(&cfg).expect_err("no algorithms")[0].0,
+            "algorithms"
+        );
     }
 
     #[test]

@@ -194,6 +194,39 @@ impl RouteAuth {
         })
     }
 
+    /// Refuses a query a backend could read a second credential from, on a route that reads
+    /// one from the query: a `;` (some frameworks split on it too), a key that differs from a
+    /// credential parameter's name but folds to it (case, `[]`/`[0]`/`.x` suffixes, percent-
+    /// encoding, surrounding blanks), or the credential parameter twice. Only the exact name
+    /// is read and stripped, so anything a backend might still take for it is refused here.
+    pub fn check_query(&self, query: Option<&str>) -> Result<(), &'static str> {
+        let Some(query) = query else {
+            return Ok(());
+        };
+        let mut names = self.credential_query_params().peekable();
+        if names.peek().is_none() {
+            return Ok(());
+        }
+        if query.contains(';') {
+            return Err("`;` in the query of a route that reads a credential from it");
+        }
+        for name in names {
+            let mut seen = false;
+            for pair in query.split('&') {
+                let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+                if key == name {
+                    if seen {
+                        return Err("credential query parameter given twice");
+                    }
+                    seen = true;
+                } else if folds_to(key, name) {
+                    return Err("query parameter that looks like the credential parameter");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// No authenticators: everyone is admitted without a check.
     pub fn is_open(&self) -> bool {
         self.auths.is_empty()
@@ -295,10 +328,65 @@ fn authorization(headers: &http::HeaderMap) -> Result<Option<(Scheme, &[u8])>, A
     Ok(Some((scheme, rest)))
 }
 
-/// Whether a raw `key` (before `=`) names `name`, comparing the percent-decoded key so
-/// `%74oken` is found (and stripped) just like `token`.
-fn key_matches(raw_key: &str, name: &str) -> bool {
-    percent_decode(raw_key).is_some_and(|k| k == name.as_bytes())
+/// Whether a raw query `key` could be read as `name` by some backend: after percent-decoding
+/// (repeatedly, for double encoding) and trimming blanks, it equals `name` ignoring case, or
+/// continues it with `[` or `.` (PHP/Rails/qs arrays and nested keys: `token[]`, `token.x`).
+/// The exact name folds too; a NUL ends the key as C-string parsers see it.
+fn folds_to(raw_key: &str, name: &str) -> bool {
+    let mut bytes = raw_key.as_bytes().to_vec();
+    // Bounded: each round only shrinks the key.
+    for _ in 0..4 {
+        let next = percent_decode_lenient(&bytes);
+        if next == bytes {
+            break;
+        }
+        bytes = next;
+    }
+    if let Some(nul) = bytes.iter().position(|b| *b == 0) {
+        bytes.truncate(nul);
+    }
+    let key = String::from_utf8_lossy(&bytes);
+    let key = key.trim_matches(|c: char| c.is_ascii_whitespace());
+    let same = |k: &str| {
+        k.eq_ignore_ascii_case(name)
+            || k.to_lowercase() == name.to_lowercase()
+            || k.to_uppercase() == name.to_uppercase()
+    };
+    if same(key) {
+        return true;
+    }
+    key.char_indices()
+        .filter(|(_, c)| *c == '[' || *c == '.')
+        .any(|(i, _)| key.get(..i).is_some_and(same))
+}
+
+/// Percent-decoding as lenient servers do it: `+` is a space and a broken `%` escape stays
+/// as it is (so `%zztoken` is not `token`).
+fn percent_decode_lenient(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let escaped = match (b, bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) => hex(h).zip(hex(l)).map(|(h, l)| (h << 4 | l) as u8),
+            _ => None,
+        };
+        match (b, escaped) {
+            (_, Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (_, None) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// The percent-decoded value of the single `name` parameter. More than one occurrence,
@@ -308,7 +396,8 @@ fn query_param(query: &str, name: &str, max_raw: usize) -> Result<Option<String>
     let mut found: Option<&str> = None;
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if !key_matches(key, name) {
+        // Exactly the name: look-alikes never reach here (see `RouteAuth::check_query`).
+        if key != name {
             continue;
         }
         if found.is_some() {
@@ -361,13 +450,15 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Removes every `name` parameter from a raw query, keeping the other pairs byte-for-byte
-/// and in order; `None` if nothing remains.
+/// Removes every `name` parameter, and every key that folds to it, from a raw query,
+/// keeping the other pairs byte-for-byte and in order; `None` if nothing remains.
 ///
-/// When something is removed, empty pairs (`a=1&&b=2`) are dropped too, so no stray `&`
-/// is left behind; when nothing matches, the query comes back unchanged.
+/// Look-alikes are refused before this runs ([`RouteAuth::check_query`]); removing them too
+/// means none could reach a backend even if that check were skipped. When something is
+/// removed, empty pairs (`a=1&&b=2`) are dropped too, so no stray `&` is left behind; when
+/// nothing matches, the query comes back unchanged.
 pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
-    let matches = |pair: &str| key_matches(pair.split_once('=').map_or(pair, |(k, _)| k), name);
+    let matches = |pair: &str| folds_to(pair.split_once('=').map_or(pair, |(k, _)| k), name);
     if !query.split('&').any(matches) {
         return (!query.is_empty()).then(|| query.to_owned());
     }
@@ -465,9 +556,63 @@ mod tests {
             Some("tokens=1&xtoken=2".into())
         );
         assert_eq!(s("%74oken=x&a=1"), Some("a=1".into()));
+        assert_eq!(s("TOKEN=x&a=1&token[]=y"), Some("a=1".into()));
         // Nothing to strip: unchanged, even odd bytes.
         assert_eq!(s("tokens=1&&a"), Some("tokens=1&&a".into()));
         assert_eq!(s(""), None);
+    }
+
+    #[test]
+    fn fold_cases() {
+        for k in [
+            "token",
+            "TOKEN",
+            "Token",
+            "token[]",
+            "token[0]",
+            "token%5B%5D",
+            "%74oken",
+            "%54OKEN",
+            "%2574oken",
+            "+token",
+            "%20token%20",
+            "token.x",
+            "token%00x",
+            "to\u{212A}en",
+        ] {
+            assert!(folds_to(k, "token"), "{k}");
+        }
+        for k in ["tokens", "mytoken", "x", "", "%zztoken", "token_", "tok[en"] {
+            assert!(!folds_to(k, "token"), "{k}");
+        }
+        // Names with a dot are matched as a whole first.
+        assert!(folds_to("ACCESS.TOKEN", "access.token"));
+        assert!(!folds_to("access", "access.token"));
+    }
+
+    #[test]
+    fn check_query_cases() {
+        let f = htpasswd_file();
+        let r = route(&f, Arc::new(HashLimiter::new(1)));
+        assert_eq!(r.check_query(None), Ok(()));
+        assert_eq!(r.check_query(Some("token=a&x=1&tokens=2")), Ok(()));
+        assert_eq!(r.check_query(Some("x=%3B")), Ok(()));
+        for bad in [
+            "token=a&x=1;token=b",
+            "token=a&token=b",
+            "token=a&TOKEN=b",
+            "token=a&token[]=b",
+            "%74oken=a",
+        ] {
+            assert!(r.check_query(Some(bad)).is_err(), "{bad}");
+        }
+        // Routes that read no credential from the query don't care.
+        let basic_only = RouteAuth::new(vec![r.auths[0].clone()]);
+        assert_eq!(
+            basic_only.check_query(Some("a;b&TOKEN=1&token=1&token=2")),
+            Ok(())
+        );
+        assert_eq!(RouteAuth::default().check_query(Some("a;b")), Ok(()));
     }
 
     #[test]

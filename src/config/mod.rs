@@ -8,6 +8,7 @@
 
 mod duration;
 mod env;
+mod jwt_rules;
 mod parse;
 mod types;
 mod validate;
@@ -15,6 +16,8 @@ mod warnings;
 
 pub use types::*;
 pub use warnings::warnings;
+
+pub(crate) use jwt_rules::{PublicFamily, VerifyKey, check as check_jwt};
 
 use std::fmt;
 use std::path::Path;
@@ -124,7 +127,7 @@ mod tests {
 
     fn env(name: &str) -> Option<String> {
         match name {
-            "WSGATE_JWT_SECRET" => Some("s3cr#t: \"quoted\"".into()),
+            "WSGATE_JWT_SECRET" => Some("s3cr#t: \"quoted\" and long enough to sign".into()),
             "PORT" => Some("9000".into()),
             "EMPTY" => Some(String::new()),
             _ => None,
@@ -252,7 +255,10 @@ routes:
         };
         assert_eq!(j.query_param, "token");
         assert_eq!(j.algorithms, vec![Algorithm::HS256]);
-        assert_eq!(j.key, JwtKey::Secret("s3cr#t: \"quoted\"".into()));
+        assert_eq!(
+            j.key,
+            JwtKey::Secret("s3cr#t: \"quoted\" and long enough to sign".into())
+        );
         assert_eq!(j.issuer.as_deref(), Some("https://auth.example"));
         assert_eq!(j.audience, Some(vec!["chat".to_string()]));
         assert_eq!(j.leeway, Duration::from_secs(30));
@@ -428,9 +434,12 @@ routes:
     #[test]
     fn env_literal_and_malformed() {
         let c = ok(&jwt(
-            "    algorithms: [HS256]\n    secret: \"a$${b} $ c\"\n",
+            "    algorithms: [HS256]\n    secret: \"a$${b} $ c 0123456789abcdef0123456789\"\n",
         ));
-        assert_eq!(jwt_config(&c).key, JwtKey::Secret("a${b} $ c".into()));
+        assert_eq!(
+            jwt_config(&c).key,
+            JwtKey::Secret("a${b} $ c 0123456789abcdef0123456789".into())
+        );
         let e = errs(&jwt("    algorithms: [HS256]\n    secret: \"${OOPS\"\n"));
         has(&e, "auth.j.secret", "unclosed");
         let e = errs(&jwt("    algorithms: [HS256]\n    secret: \"${}\"\n"));
@@ -588,6 +597,45 @@ routes:
     }
 
     #[test]
+    fn jwt_hmac_secret_needs_32_bytes() {
+        for alg in ["HS256", "HS384", "HS512"] {
+            let e = errs(&jwt(&format!(
+                "    algorithms: [{alg}]\n    secret: dev-only-secret\n"
+            )));
+            has(&e, "auth.j.secret", "at least 32 bytes (got 15)");
+            assert!(!e.iter().any(|m| m.contains("dev-only-secret")), "{e:?}");
+        }
+        let c = ok(&jwt(
+            "    algorithms: [HS256]\n    secret: 0123456789abcdef0123456789abcdef\n",
+        ));
+        assert!(matches!(&jwt_config(&c).key, JwtKey::Secret(s) if s.len() == 32));
+    }
+
+    #[test]
+    fn jwt_max_token_age() {
+        let c = ok(&jwt(
+            "    algorithms: [HS256]\n    secret: \"${WSGATE_JWT_SECRET}\"\n    max_token_age: 10m\n",
+        ));
+        assert!(
+            format!("{:?}", jwt_config(&c)).contains("max_token_age: Some(600s)"),
+            "{:?}",
+            jwt_config(&c)
+        );
+        let c = ok(&jwt(
+            "    algorithms: [HS256]\n    secret: \"${WSGATE_JWT_SECRET}\"\n",
+        ));
+        assert!(format!("{:?}", jwt_config(&c)).contains("max_token_age: None"));
+        let e = errs(&jwt(
+            "    algorithms: [HS256]\n    secret: \"${WSGATE_JWT_SECRET}\"\n    max_token_age: 0s\n",
+        ));
+        has(&e, "auth.j.max_token_age", "omit the key");
+        let e = errs(&jwt(
+            "    algorithms: [HS256]\n    secret: \"${WSGATE_JWT_SECRET}\"\n    max_token_age: 600\n",
+        ));
+        has(&e, "auth.j.max_token_age", "");
+    }
+
+    #[test]
     fn jwt_key_must_match_family() {
         let e = errs(&jwt(
             "    algorithms: [RS256]\n    secret: \"${WSGATE_JWT_SECRET}\"\n",
@@ -662,12 +710,17 @@ routes:
 
     #[test]
     fn route_auth_rules() {
-        let base = "auth:\n  users: {type: basic, htpasswd: h}\n  jwt: {type: jwt, algorithms: [HS256], secret: s}\nlisteners:\n  - bind: \"127.0.0.1:1\"\nroutes:\n";
+        let base = "auth:\n  users: {type: basic, htpasswd: h}\n  jwt: {type: jwt, algorithms: [HS256], secret: \"${WSGATE_JWT_SECRET}\"}\nlisteners:\n  - bind: \"127.0.0.1:1\"\nroutes:\n";
         let c = ok(&format!(
-            "{base}  - {{path: /a, upstream: ws://h, auth: users}}\n  - {{path: /b, upstream: ws://h, auth: []}}\n"
+            "{base}  - {{path: /a, upstream: ws://h, auth: users}}\n  - {{path: /b, upstream: ws://h}}\n"
         ));
         assert_eq!(c.routes[0].auth, vec!["users".to_string()]);
         assert!(c.routes[1].auth.is_empty());
+        // An empty list reads like "no one" but would have meant "anyone": refused.
+        let e = errs(&format!(
+            "{base}  - {{path: /b, upstream: ws://h, auth: []}}\n"
+        ));
+        has(&e, "routes[0].auth", "omit the key for an open route");
         let e = errs(&format!(
             "{base}  - {{path: /a, upstream: ws://h}}\n  - {{path: /b, upstream: ws://h, auth: [userz, jwt, jwt]}}\n  - {{path: /c, upstream: ws://h, auth: {{a: 1}}}}\n"
         ));

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
+
+use super::jwt_rules::{alg_name, parse_algorithm};
 use serde_json::{Map, Value};
 
 use super::types::*;
@@ -40,6 +42,7 @@ const JWT_KEYS: &[&str] = &[
     "audience",
     "leeway",
     "max_token_bytes",
+    "max_token_age",
 ];
 const ROUTE_KEYS: &[&str] = &["path", "upstream", "auth", "balance", "ca", "origins"];
 const SHUTDOWN_KEYS: &[&str] = &["drain_timeout"];
@@ -60,22 +63,6 @@ const LIMIT_KEYS: &[&str] = &[
     "max_pending_handshakes",
     "max_hashes_per_ip",
     "ipv6_prefix",
-];
-
-/// Algorithm names in the order they are listed in messages.
-const ALGORITHMS: &[(&str, Algorithm)] = &[
-    ("HS256", Algorithm::HS256),
-    ("HS384", Algorithm::HS384),
-    ("HS512", Algorithm::HS512),
-    ("RS256", Algorithm::RS256),
-    ("RS384", Algorithm::RS384),
-    ("RS512", Algorithm::RS512),
-    ("PS256", Algorithm::PS256),
-    ("PS384", Algorithm::PS384),
-    ("PS512", Algorithm::PS512),
-    ("ES256", Algorithm::ES256),
-    ("ES384", Algorithm::ES384),
-    ("EdDSA", Algorithm::EdDSA),
 ];
 
 /// Builds a [`Config`] from a parsed YAML document.
@@ -587,7 +574,9 @@ impl Walker<'_> {
         let audience = field(m, "audience").and_then(|v| self.audience(v, &at(path, "audience")));
         let leeway = self.opt_duration(m, path, "leeway", Duration::from_secs(30));
         let max_token_bytes = self.opt_positive_int(m, path, "max_token_bytes", 8192);
-        Some(JwtConfig {
+        let max_token_age =
+            field(m, "max_token_age").and_then(|v| self.duration(v, &at(path, "max_token_age")));
+        let cfg = JwtConfig {
             query_param,
             algorithms: algorithms?,
             key: key?,
@@ -595,11 +584,20 @@ impl Walker<'_> {
             audience,
             leeway,
             max_token_bytes,
-        })
+            max_token_age,
+        };
+        // Key/family, secret length and the like are rules on the typed config, shared
+        // with the authenticator's build.
+        if let Err(problems) = super::jwt_rules::check(&cfg) {
+            for (field, message) in problems {
+                self.err(at(path, field), message);
+            }
+            return None;
+        }
+        Some(cfg)
     }
 
-    /// Parses the allow-list and checks it uses one key family, since one authenticator holds
-    /// one verification key.
+    /// Parses the allow-list (its emptiness and key families are judged by `jwt_rules`).
     fn algorithms(&mut self, m: &Map<String, Value>, path: &str) -> Option<Vec<Algorithm>> {
         let list_path = at(path, "algorithms");
         let v = self.required(m, path, "algorithms")?;
@@ -612,10 +610,6 @@ impl Walker<'_> {
                 .map(|(i, e)| (e, idx(&list_path, i)))
                 .collect(),
         };
-        if entries.is_empty() {
-            self.err(&list_path, "at least one algorithm is required");
-            return None;
-        }
         let mut algs: Vec<(&'static str, Algorithm)> = Vec::new();
         let mut ok = true;
         for (e, p) in entries {
@@ -637,20 +631,6 @@ impl Walker<'_> {
                 }
             }
         }
-        let (first_name, first) = *algs.first()?;
-        if let Some((name, other)) = algs.iter().find(|(_, a)| a.family() != first.family()) {
-            self.err(
-                &list_path,
-                format!(
-                    "algorithms of different key families cannot be mixed ({first_name} is {}, \
-                     {name} is {}): one authenticator has one key; define a second authenticator \
-                     for the other family",
-                    family_name(first.family()),
-                    family_name(other.family()),
-                ),
-            );
-            return None;
-        }
         ok.then(|| algs.into_iter().map(|(_, a)| a).collect())
     }
 
@@ -662,8 +642,8 @@ impl Walker<'_> {
     ) -> Option<JwtKey> {
         let secret = field(m, "secret");
         let public_key = field(m, "public_key");
-        // The family decides which key is right; when the algorithms are broken, only
-        // report what can be judged without them.
+        // Which key is missing depends on the family; whether the given key fits it is a
+        // `jwt_rules` check.
         let hmac = algorithms
             .and_then(|a| a.first())
             .map(|a| (a.family() == AlgorithmFamily::Hmac, alg_name(*a)));
@@ -683,36 +663,10 @@ impl Walker<'_> {
                 self.err(path, msg);
                 None
             }
-            (Some(v), None) => {
-                let p = at(path, "secret");
-                let s = self.nonempty_string(v, &p)?;
-                if let Some((false, alg)) = hmac {
-                    self.err(
-                        p,
-                        format!(
-                            "{alg} verifies with a public key, not a shared secret: \
-                             use public_key (a PEM file) instead of secret"
-                        ),
-                    );
-                    return None;
-                }
-                Some(JwtKey::Secret(s))
-            }
-            (None, Some(v)) => {
-                let p = at(path, "public_key");
-                let file = self.file(v, &p)?;
-                if let Some((true, alg)) = hmac {
-                    self.err(
-                        p,
-                        format!(
-                            "{alg} verifies with a shared secret, not a public key: \
-                             use secret instead of public_key"
-                        ),
-                    );
-                    return None;
-                }
-                Some(JwtKey::PublicKey(file))
-            }
+            (Some(v), None) => self
+                .nonempty_string(v, &at(path, "secret"))
+                .map(JwtKey::Secret),
+            (None, Some(v)) => self.file(v, &at(path, "public_key")).map(JwtKey::PublicKey),
         }
     }
 
@@ -867,6 +821,15 @@ impl Walker<'_> {
     fn route_auth(&mut self, v: &Value, path: &str, defined: &BTreeSet<String>) -> Vec<String> {
         let entries: Vec<(&Value, String)> = match v {
             Value::String(_) => vec![(v, path.to_string())],
+            // `auth: []` reads like "nobody" yet would mean "anyone" (no authenticator = open).
+            Value::Array(items) if items.is_empty() => {
+                self.err(
+                    path,
+                    "an empty list names no authenticator: omit the key for an open route, \
+                     or list at least one authenticator",
+                );
+                return Vec::new();
+            }
             Value::Array(items) => items
                 .iter()
                 .enumerate()
@@ -1025,44 +988,4 @@ impl Walker<'_> {
 
 fn conflict_message(bind: SocketAddr, other: &str) -> String {
     format!("{bind} conflicts with {other} (same port on an overlapping address)")
-}
-
-fn alg_name(a: Algorithm) -> &'static str {
-    ALGORITHMS
-        .iter()
-        .find(|(_, x)| *x == a)
-        .map_or("this algorithm", |(n, _)| n)
-}
-
-fn family_name(f: AlgorithmFamily) -> &'static str {
-    match f {
-        AlgorithmFamily::Hmac => "HMAC",
-        AlgorithmFamily::Rsa => "RSA",
-        AlgorithmFamily::Ec => "EC",
-        AlgorithmFamily::Ed => "EdDSA",
-    }
-}
-
-fn parse_algorithm(name: &str) -> Result<(&'static str, Algorithm), String> {
-    if name.eq_ignore_ascii_case("none") {
-        return Err("algorithm \"none\" is never accepted".to_string());
-    }
-    if let Some(found) = ALGORITHMS.iter().find(|(n, _)| *n == name) {
-        return Ok(*found);
-    }
-    let valid = ALGORITHMS
-        .iter()
-        .map(|(n, _)| *n)
-        .collect::<Vec<_>>()
-        .join(", ");
-    // JWT `alg` values are case-sensitive, so a near miss is pointed out rather than accepted.
-    let hint = ALGORITHMS
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(n, _)| format!("did you mean \"{n}\"? "))
-        .unwrap_or_default();
-    Err(format!(
-        "unknown algorithm \"{}\" ({hint}valid: {valid})",
-        name.escape_debug()
-    ))
 }

@@ -115,6 +115,8 @@ pub struct JwtConfig {
     pub leeway: Duration,
     /// Tokens longer than this are refused as malformed before decoding (default 8192).
     pub max_token_bytes: usize,
+    /// When set, `iat` is required and a token issued longer ago (plus leeway) is refused.
+    pub max_token_age: Option<Duration>,
 }
 
 /// Where a JWT verification key comes from.

@@ -187,6 +187,9 @@ impl Handler {
         if upgrade && let Err(refusal) = check_websocket_request(&req) {
             return (label, Err(refusal));
         }
+        if let Err(why) = route.auth.check_query(req.uri().query()) {
+            return (label, Err(Refusal::BadRequest(why)));
+        }
         let admission = if route.auth.is_open() {
             None
         } else {
