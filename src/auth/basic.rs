@@ -53,6 +53,7 @@ impl Basic {
 
     /// Judges the `Authorization: Basic` credential, if any (no per-client hash bound).
     #[cfg(test)]
+    #[cfg(test)]
     pub(crate) async fn check(
         &self,
         headers: &http::HeaderMap,

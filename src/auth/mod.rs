@@ -146,6 +146,7 @@ impl Authenticator {
     }
 
     /// Judges the request with this authenticator alone.
+    #[cfg(test)]
     pub async fn check(
         &self,
         headers: &http::HeaderMap,
@@ -249,6 +250,7 @@ impl RouteAuth {
     /// else the first failure from an authenticator that found a credential it could judge;
     /// `Missing` only when none found any. An open route admits nobody here (check
     /// [`is_open`](Self::is_open) first); it answers `Missing`.
+    #[cfg(test)]
     pub async fn check(
         &self,
         headers: &http::HeaderMap,
