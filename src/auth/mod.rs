@@ -155,7 +155,7 @@ impl Authenticator {
         self.check_from(headers, query, None).await
     }
 
-    /// Like [`check`](Self::check); a password hash counts against `client`'s share.
+    /// Judges the request; a password hash counts against `client`'s share of the hash limiter.
     pub async fn check_from(
         &self,
         headers: &http::HeaderMap,
