@@ -259,7 +259,7 @@ impl RouteAuth {
         self.check_from(headers, query, None).await
     }
 
-    /// Like [`check`](Self::check), for the request of `client`: a password hash counts
+    /// Judges the request of `client` as `check` does: a password hash counts
     /// against its share, and `TooMany` (it should back off) wins over `Busy`.
     pub async fn check_from(
         &self,
