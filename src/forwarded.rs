@@ -142,6 +142,28 @@ pub fn x_forwarded_for(peer: IpAddr, headers: &HeaderMap, trusted: Option<&[IpNe
     }
 }
 
+/// Removes the client's other `X-Forwarded-*` headers (`-Prefix`, `-Port`, `-Server`, …)
+/// unless the peer is in `trusted_proxies`: frameworks believe them as they believe
+/// `Forwarded`. `X-Forwarded-For` is left to [`x_forwarded_for`]; the handler sets `-Proto`
+/// and `-Host` itself.
+pub fn drop_untrusted_x_forwarded(
+    peer: IpAddr,
+    headers: &mut HeaderMap,
+    trusted: Option<&[IpNet]>,
+) {
+    if trusted.is_some_and(|t| is_trusted(t, &peer)) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-forwarded-") && **n != X_FORWARDED_FOR)
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +269,23 @@ mod tests {
             "for=6.6.6.6, for=10.0.0.2"
         );
         assert_eq!(forwarded(ip("::1"), &m, None), "for=\"[::1]\"");
+    }
+
+    #[test]
+    fn other_x_forwarded_only_from_trusted_peers() {
+        let t = nets(&["10.0.0.0/8"]);
+        let mut m = h(&["6.6.6.6"]);
+        m.append("x-forwarded-prefix", "/p".parse().unwrap());
+        m.append("x-forwarded-port", "1".parse().unwrap());
+        let mut kept = m.clone();
+        drop_untrusted_x_forwarded(ip("10.0.0.2"), &mut kept, Some(&t));
+        assert_eq!(kept, m);
+        for trusted in [None, Some(t.as_slice())] {
+            let mut dropped = m.clone();
+            drop_untrusted_x_forwarded(ip("192.0.2.1"), &mut dropped, trusted);
+            assert_eq!(dropped.len(), 1);
+            assert!(dropped.contains_key(X_FORWARDED_FOR));
+        }
     }
 
     #[test]

@@ -460,3 +460,30 @@ async fn proxy_header_only_from_trusted_peers() {
     assert_eq!(status, 101, "{head}");
     assert_eq!(echo.last().header("x-real-ip"), Some("6.6.6.6"));
 }
+
+#[tokio::test]
+async fn other_x_forwarded_headers_only_from_trusted_peers() {
+    let echo = echo_upstream().await;
+    let extra = "X-Forwarded-Prefix: /evil\r\nX-Forwarded-Port: 1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\n";
+    for (yaml, trusted) in [
+        ("", false),
+        ("trusted_proxies: [\"10.0.0.0/8\"]\n", false),
+        ("trusted_proxies: [\"127.0.0.1\"]\n", true),
+    ] {
+        let gate = start_gate(Files::new(), &config(&route("/ws", echo.addr), yaml)).await;
+        let (status, _, _) = http_request(gate.addr(), &upgrade_request("/ws", extra)).await;
+        assert_eq!(status, 101);
+        let seen = echo.last();
+        // wsgate's own values always win.
+        assert_eq!(seen.all("x-forwarded-proto"), vec!["http"], "{yaml}");
+        assert_eq!(seen.all("x-forwarded-host"), vec!["gate.test"], "{yaml}");
+        let want: Vec<String> = if trusted {
+            vec!["/evil".into()]
+        } else {
+            vec![]
+        };
+        assert_eq!(seen.all("x-forwarded-prefix"), want, "{yaml}");
+        let want: Vec<String> = if trusted { vec!["1".into()] } else { vec![] };
+        assert_eq!(seen.all("x-forwarded-port"), want, "{yaml}");
+    }
+}

@@ -451,6 +451,7 @@ impl Handler {
         let trusted = runtime.config.trusted_proxies.as_deref();
         let xff = crate::forwarded::x_forwarded_for(self.client.peer.ip(), &headers, trusted);
         set(&mut headers, X_FORWARDED_FOR, &xff)?;
+        crate::forwarded::drop_untrusted_x_forwarded(self.client.peer.ip(), &mut headers, trusted);
         let fwd = crate::forwarded::forwarded(self.client.peer.ip(), &headers, trusted);
         set(&mut headers, header::FORWARDED, &fwd)?;
         set(&mut headers, X_REAL_IP, &client_ip.to_string())?;
