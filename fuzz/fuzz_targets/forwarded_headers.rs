@@ -5,12 +5,13 @@
 //! Forwarded invariants: the new `X-Forwarded-For` is a valid header value ending in the
 //! peer; without a trusted list the client is the peer; an untrusted peer's list is
 //! replaced; the client address is the peer or one of the listed hops (as `parse_hop` reads
-//! them, ports and brackets included); the walk never skips an entry that doesn't parse (a
-//! trusted peer whose rightmost entry doesn't parse is the client). The new `Forwarded` is a
-//! valid header value ending in the peer's `for=` element, and only that element for an
-//! untrusted peer. `headers::drop_underscored` leaves no `_` name (or, when underscores are
-//! allowed, none that folds to a gateway header) and touches no other name;
-//! `check_host` and `is_websocket_101` never panic.
+//! them, ports and brackets included); the walk never skips an entry that doesn't parse
+//! (with a trusted peer and an unparsable rightmost entry, the client is the peer). The new
+//! `Forwarded` is a valid header value ending in the peer's `for=` element, and only that
+//! element for an untrusted peer, whose other `X-Forwarded-*` headers are dropped too.
+//! `headers::drop_underscored` leaves no `_` name (or, when underscores are allowed, none
+//! that folds to a gateway header) and touches no other name; `check_host` and
+//! `is_websocket_101` never panic.
 //!
 //! Invariants: no hop-by-hop header survives, every header the `Connection` header names
 //! is gone except `Authorization` (consumed or kept explicitly by the handler), and every
@@ -156,6 +157,13 @@ fuzz_target!(|data: &[u8]| {
         assert!(fwd.ends_with(&node), "{fwd} does not end with {node}");
         if !peer_trusted {
             assert_eq!(fwd, node, "untrusted peer's Forwarded must be dropped");
+        }
+        let mut h = before.clone();
+        wsgate::forwarded::drop_untrusted_x_forwarded(peer, &mut h, t);
+        for (name, _) in before.iter() {
+            let s = name.as_str();
+            let gone = !peer_trusted && s.starts_with("x-forwarded-") && s != "x-forwarded-for";
+            assert_eq!(h.contains_key(name), !gone, "{s}");
         }
     }
 
