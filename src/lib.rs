@@ -9,7 +9,8 @@
 //!  side channels: metrics (handles), admin (/metrics /healthz /readyz, POST /reload), tracing logs,
 //!                 registry (open tunnels: idle sweeper, drain deadline, future admin API)
 //!  leaves: config (YAML → typed), runtime (typed → loaded state, swapped on reload), forwarded
-//!          (client address, X-Forwarded-For), limits (per-IP counters)
+//!          (client address, X-Forwarded-For, Forwarded), headers (underscore twins, Host,
+//!          the upstream's 101), limits (per-IP counters)
 //! ```
 //!
 //! [`Gateway::bind`] builds everything and binds the sockets; [`Gateway::run`] serves until
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod balance;
 pub mod config;
 pub mod forwarded;
+pub mod headers;
 pub mod limits;
 pub mod listener;
 pub mod metrics;

@@ -141,6 +141,12 @@ async fn handle_connection(
         return;
     };
     if listener.proxy_protocol {
+        let trusted = runtime.config.trusted_proxies.as_deref();
+        if !crate::forwarded::proxy_header_allowed(peer.ip(), trusted) {
+            tracing::info!(target: "wsgate::access", client = %peer.ip(), "PROXY header from a peer outside trusted_proxies refused");
+            shared.metrics.handshake(NO_ROUTE, Outcome::BadRequest);
+            return;
+        }
         let header = crate::proxy_protocol::read_header(&mut stream);
         match tokio::time::timeout(timeouts.request_header, header).await {
             Ok(Ok(Some(addr))) => peer = addr,

@@ -309,6 +309,7 @@ routes:
         assert_eq!(c.limits.handshake_burst_per_ip, 40);
         assert_eq!(c.limits.max_pending_handshakes, 1024);
         assert_eq!(c.trusted_proxies, None);
+        assert!(!c.underscores_in_headers);
         assert!(!c.listeners[0].proxy_protocol);
         assert_eq!(c.routes[0].balance, Balance::RoundRobin);
         assert_eq!(c.routes[0].origins, None);

@@ -27,6 +27,7 @@ const TOP_KEYS: &[&str] = &[
     "timeouts",
     "limits",
     "trusted_proxies",
+    "underscores_in_headers",
 ];
 const LISTENER_KEYS: &[&str] = &["bind", "tls", "proxy_protocol"];
 const TLS_KEYS: &[&str] = &["cert", "key"];
@@ -358,6 +359,7 @@ impl Walker<'_> {
         let timeouts = self.timeouts(m);
         let limits = self.limits(m);
         let trusted_proxies = field(m, "trusted_proxies").and_then(|v| self.trusted_proxies(v));
+        let underscores_in_headers = self.opt_bool(m, "", "underscores_in_headers");
         Some(Config {
             source: source.to_path_buf(),
             listeners: listeners.into_iter().map(|(l, _)| l).collect(),
@@ -368,6 +370,7 @@ impl Walker<'_> {
             timeouts,
             limits,
             trusted_proxies,
+            underscores_in_headers,
         })
     }
 

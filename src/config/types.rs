@@ -29,6 +29,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Peers whose `X-Forwarded-For` is believed; `None` = append to whatever the client sent.
     pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    /// Pass client header names containing `_` (except twins of gateway headers); default off.
+    pub underscores_in_headers: bool,
 }
 
 /// One accepting socket, plain or TLS.

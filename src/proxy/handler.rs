@@ -143,6 +143,9 @@ impl Handler {
                 Err(Refusal::BadRequest("path with empty or dot segments")),
             );
         }
+        if let Err(why) = crate::headers::check_host(req.headers(), req.uri()) {
+            return (NO_ROUTE.to_owned(), Err(Refusal::BadRequest(why)));
+        }
         let Some(route) = runtime.router.find(req.uri().path()).cloned() else {
             return (NO_ROUTE.to_owned(), Err(Refusal::NotFound));
         };
@@ -255,6 +258,7 @@ impl Handler {
             true,
             http_body_util::Empty::<bytes::Bytes>::new(),
         )?;
+        let key = up_req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
         let (mut resp, server_guard, server) =
             self.exchange(runtime, route, client_ip, up_req).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -271,6 +275,17 @@ impl Handler {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return Ok(Response::from_parts(parts, body.boxed_unsync()));
+        }
+        // Splicing any other 101 (h2c, a server that didn't do the handshake) would hand
+        // the client a protocol nobody authorised.
+        if !key.is_some_and(|k| crate::headers::is_websocket_101(resp.headers(), k.as_bytes())) {
+            tracing::info!(
+                route = %route.path,
+                client = %client_ip,
+                upstream = %server,
+                "upstream's 101 is not a WebSocket handshake for the key sent"
+            );
+            return Err(Refusal::NotWebSocket);
         }
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (parts, _) = resp.into_parts();
@@ -443,7 +458,7 @@ impl Handler {
     ) -> Result<Request<B>, Refusal> {
         let mut query = parts.uri.query().map(str::to_owned);
         let mut headers = parts.headers.clone();
-        let upgrade_value = headers.get(header::UPGRADE).cloned();
+        crate::headers::drop_underscored(&mut headers, runtime.config.underscores_in_headers);
         strip_hop_by_hop(&mut headers);
         headers.remove(X_AUTH_USER);
         if let Some(a) = admission {
@@ -461,6 +476,9 @@ impl Handler {
         let trusted = runtime.config.trusted_proxies.as_deref();
         let xff = crate::forwarded::x_forwarded_for(self.client.peer.ip(), &headers, trusted);
         set(&mut headers, X_FORWARDED_FOR, &xff)?;
+        crate::forwarded::drop_untrusted_x_forwarded(self.client.peer.ip(), &mut headers, trusted);
+        let fwd = crate::forwarded::forwarded(self.client.peer.ip(), &headers, trusted);
+        set(&mut headers, header::FORWARDED, &fwd)?;
         set(&mut headers, X_REAL_IP, &client_ip.to_string())?;
         headers.insert(
             X_FORWARDED_PROTO,
@@ -480,10 +498,8 @@ impl Handler {
         }
         if upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-            headers.insert(
-                header::UPGRADE,
-                upgrade_value.unwrap_or(HeaderValue::from_static("websocket")),
-            );
+            // Exactly websocket, whatever else the client offered (`h2c` would be spliced).
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             headers.remove(header::CONTENT_LENGTH);
         }
         let path_and_query = match query {

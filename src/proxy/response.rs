@@ -44,6 +44,9 @@ pub enum Refusal {
     },
     /// Upstream unreachable or broken.
     BadGateway,
+    /// The upstream answered 101 but not a WebSocket handshake for the key sent (h2c, a
+    /// missing or wrong `Sec-WebSocket-Accept`): never spliced.
+    NotWebSocket,
     /// Upstream too slow.
     GatewayTimeout,
 }
@@ -59,7 +62,7 @@ impl Refusal {
             Refusal::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Forbidden => StatusCode::FORBIDDEN,
             Refusal::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::BadGateway => StatusCode::BAD_GATEWAY,
+            Refusal::BadGateway | Refusal::NotWebSocket => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -73,6 +76,7 @@ impl Refusal {
             Refusal::Busy | Refusal::TooManyRequests { .. } => Outcome::Limited,
             Refusal::Forbidden => Outcome::Forbidden,
             Refusal::BadGateway => Outcome::UpstreamError,
+            Refusal::NotWebSocket => Outcome::UpstreamRejected,
             Refusal::GatewayTimeout => Outcome::Timeout,
         }
     }
