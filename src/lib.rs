@@ -10,6 +10,7 @@
 //!                 registry (open tunnels: idle sweeper, drain deadline, future admin API)
 //!  leaves: config (YAML → typed), runtime (typed → loaded state, swapped on reload), forwarded
 //!          (client address, X-Forwarded-For), limits (per-IP counters)
+//!  path: the canonical request path; handler routes on it and forwards exactly it
 //! ```
 //!
 //! [`Gateway::bind`] builds everything and binds the sockets; [`Gateway::run`] serves until
@@ -29,6 +30,7 @@ pub mod forwarded;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod path;
 pub mod pinning;
 pub mod proxy;
 pub mod proxy_protocol;

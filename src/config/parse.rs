@@ -27,6 +27,7 @@ const TOP_KEYS: &[&str] = &[
     "timeouts",
     "limits",
     "trusted_proxies",
+    "case_insensitive_paths",
 ];
 const LISTENER_KEYS: &[&str] = &["bind", "tls", "proxy_protocol"];
 const TLS_KEYS: &[&str] = &["cert", "key"];
@@ -358,6 +359,7 @@ impl Walker<'_> {
         let timeouts = self.timeouts(m);
         let limits = self.limits(m);
         let trusted_proxies = field(m, "trusted_proxies").and_then(|v| self.trusted_proxies(v));
+        let case_insensitive_paths = self.opt_bool(m, "", "case_insensitive_paths");
         Some(Config {
             source: source.to_path_buf(),
             listeners: listeners.into_iter().map(|(l, _)| l).collect(),
@@ -368,6 +370,7 @@ impl Walker<'_> {
             timeouts,
             limits,
             trusted_proxies,
+            case_insensitive_paths,
         })
     }
 
@@ -714,8 +717,8 @@ impl Walker<'_> {
                     }
                 });
             if let Some(p) = &route_path {
-                if let Some((_, other)) = seen.iter().find(|(q, _)| q == p) {
-                    self.err(&path_path, format!("\"{p}\" is already used by {other}"));
+                if let Some((q, other)) = seen.iter().find(|(q, _)| validate::same_route(q, p)) {
+                    self.err(&path_path, validate::same_route_message(p, q, other));
                 } else {
                     seen.push((p.clone(), path_path.clone()));
                 }

@@ -29,6 +29,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Peers whose `X-Forwarded-For` is believed; `None` = append to whatever the client sent.
     pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    /// Match routes ignoring ASCII letter case (default false: case-sensitive, and a path
+    /// whose route would change if case were ignored is refused).
+    pub case_insensitive_paths: bool,
 }
 
 /// One accepting socket, plain or TLS.
