@@ -19,7 +19,9 @@
 //!   bytes ≥ 0x80 that are not valid UTF-8 (overlong `%C0%AE` is a dot to some decoders);
 //!   `.` and `..` segments and empty segments (`//`) after decoding, except a final trailing
 //!   `/`; segments ending in `.` or a space after decoding (Windows/IIS strip those, so
-//!   `/admin.` is `/admin` there).
+//!   `/admin.` is `/admin` there); non-ASCII characters whose compatibility form (NFKC)
+//!   contains ASCII, such as fullwidth `／` `．` `ａ` or the Kelvin sign (Windows "best fit"
+//!   conversion and Unicode-normalising frameworks turn them into `/`, `.`, `a`, `k`).
 //!
 //! Routing compares the *decoded* segments ([`CanonicalPath::key`]): after the refusals no
 //! escape can produce `/`, so segment boundaries are those of the canonical text, and a
@@ -79,6 +81,8 @@ pub enum PathError {
     EmptySegment,
     /// A segment ending in `.` or a space after decoding.
     TrailingDotOrSpace,
+    /// A non-ASCII character whose NFKC form contains ASCII (fullwidth forms, ligatures).
+    AsciiLookalike,
 }
 
 impl PathError {
@@ -99,6 +103,9 @@ impl PathError {
             PathError::DotSegment => "\".\" or \"..\" dot segment in path (also percent-encoded)",
             PathError::EmptySegment => "empty segment (\"//\") in path",
             PathError::TrailingDotOrSpace => "path segment ends in \".\" or a space",
+            PathError::AsciiLookalike => {
+                "non-ASCII character in path that normalises to ASCII (fullwidth or compatibility form)"
+            }
         }
     }
 }
@@ -193,8 +200,16 @@ pub fn canonicalize(path: &str) -> Result<CanonicalPath, PathError> {
         i += 1;
     }
     let key = String::from_utf8(key).map_err(|_| PathError::BadUtf8)?;
+    if !key.is_ascii() && key.chars().any(ascii_lookalike) {
+        return Err(PathError::AsciiLookalike);
+    }
     check_segments(&key)?;
     Ok(CanonicalPath { text, key })
+}
+
+fn ascii_lookalike(c: char) -> bool {
+    use unicode_normalization::UnicodeNormalization;
+    !c.is_ascii() && std::iter::once(c).nfkc().any(|n| n.is_ascii())
 }
 
 /// Segment rules on the decoded path (no escape can produce `/`, so these are the segments
@@ -252,6 +267,7 @@ mod tests {
             ("/%61%64%6D%69%6e", "/admin"),
             ("/a%2Db%5fc%7E%2e1", "/a-b_c~.1"),
             ("/%c3%a4", "/%C3%A4"),
+            ("/%E6%BC%A2%E5%AD%97/%CE%A9", "/%E6%BC%A2%E5%AD%97/%CE%A9"),
             ("/a%3ab%2b%20c", "/a%3Ab%2B%20c"),
             ("/a:b@c!$&'()*+,=", "/a:b@c!$&'()*+,="),
             (
@@ -325,6 +341,13 @@ mod tests {
             ("/...", TrailingDotOrSpace),
             ("/admin%20", TrailingDotOrSpace),
             ("/admin%20/x", TrailingDotOrSpace),
+            ("/%EF%BC%8Fadmin", AsciiLookalike),
+            ("/x/%EF%BC%8E%EF%BC%8E/admin", AsciiLookalike),
+            ("/%EF%BD%81dmin", AsciiLookalike),
+            ("/%E2%84%AAey", AsciiLookalike),
+            ("/%E2%80%A4", AsciiLookalike),
+            ("/%EF%AC%81le", AsciiLookalike),
+            ("/%C5%BF", AsciiLookalike),
         ];
         for (raw, want) in table {
             assert_eq!(err(raw), want, "{raw}");
