@@ -14,7 +14,9 @@ use libfuzzer_sys::fuzz_target;
 use wsgate::path::canonicalize;
 use wsgate::route::Router;
 
-const ROUTES: &[&str] = &["/", "/admin", "/admin/x", "/a:b", "/%C3%A4", "/x%3Fy", "/ws"];
+const ROUTES: &[&str] = &[
+    "/", "/admin", "/admin/x", "/a:b", "/%C3%A4", "/x%3Fy", "/ws",
+];
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -30,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
     let again = canonicalize(out).expect("canonical form refused");
     assert_eq!(again.as_str(), out, "not idempotent");
     assert_eq!(again.key(), canon.key());
-    assert!(out.parse::<http::uri::PathAndQuery>().is_ok(), "{out:?} unparsable");
+    assert!(
+        out.parse::<http::uri::PathAndQuery>().is_ok(),
+        "{out:?} unparsable"
+    );
     let upper = out.to_ascii_uppercase();
     for bad in [";", "%2E", "%2F", "%5C", "%25", "\\", "//"] {
         assert!(!upper.contains(bad), "{out:?} contains {bad}");
