@@ -11,6 +11,7 @@
 //!  leaves: config (YAML → typed), runtime (typed → loaded state, swapped on reload), forwarded
 //!          (client address, X-Forwarded-For, Forwarded), headers (underscore twins, Host,
 //!          the upstream's 101), limits (per-IP counters)
+//!  path: the canonical request path; handler routes on it and forwards exactly it
 //! ```
 //!
 //! [`Gateway::bind`] builds everything and binds the sockets; [`Gateway::run`] serves until
@@ -31,6 +32,7 @@ pub mod headers;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod path;
 pub mod pinning;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -689,6 +689,34 @@ routes:
     }
 
     #[test]
+    fn route_paths_must_be_canonical_and_distinct_for_case_folding_backends() {
+        let e = errs(
+            "listeners:\n  - bind: \"127.0.0.1:1\"\nroutes:\n  - {path: /%61dmin, upstream: ws://h}\n  - {path: \"/a;b\", upstream: ws://h}\n  - {path: /x, upstream: ws://h}\n  - {path: /X, upstream: ws://h}\n  - {path: \"/a:b\", upstream: ws://h}\n  - {path: /a%3Ab, upstream: ws://h}\n",
+        );
+        has(&e, "routes[0].path", "write \"/admin\"");
+        has(&e, "routes[1].path", "path parameters");
+        has(
+            &e,
+            "routes[3].path",
+            "same route as \"/x\" (routes[2].path)",
+        );
+        has(
+            &e,
+            "routes[5].path",
+            "same route as \"/a:b\" (routes[4].path)",
+        );
+        assert_eq!(e.len(), 4, "{e:?}");
+    }
+
+    #[test]
+    fn case_insensitive_paths_is_an_opt_in_bool() {
+        assert!(!ok(MINIMAL).case_insensitive_paths);
+        assert!(ok(&with("case_insensitive_paths: true\n")).case_insensitive_paths);
+        let e = errs(&with("case_insensitive_paths: \"yes\"\n"));
+        has(&e, "case_insensitive_paths", "expected true or false");
+    }
+
+    #[test]
     fn route_upstream_rules() {
         let c = ok(
             "listeners:\n  - bind: \"127.0.0.1:1\"\nroutes:\n  - {path: /a, upstream: \"wss://[::1]\"}\n  - {path: /b, upstream: \"https://example.com:8443/\"}\n",

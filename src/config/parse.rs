@@ -28,6 +28,7 @@ const TOP_KEYS: &[&str] = &[
     "limits",
     "trusted_proxies",
     "underscores_in_headers",
+    "case_insensitive_paths",
 ];
 const LISTENER_KEYS: &[&str] = &["bind", "tls", "proxy_protocol"];
 const TLS_KEYS: &[&str] = &["cert", "key"];
@@ -360,6 +361,7 @@ impl Walker<'_> {
         let limits = self.limits(m);
         let trusted_proxies = field(m, "trusted_proxies").and_then(|v| self.trusted_proxies(v));
         let underscores_in_headers = self.opt_bool(m, "", "underscores_in_headers");
+        let case_insensitive_paths = self.opt_bool(m, "", "case_insensitive_paths");
         Some(Config {
             source: source.to_path_buf(),
             listeners: listeners.into_iter().map(|(l, _)| l).collect(),
@@ -371,6 +373,7 @@ impl Walker<'_> {
             limits,
             trusted_proxies,
             underscores_in_headers,
+            case_insensitive_paths,
         })
     }
 
@@ -717,8 +720,8 @@ impl Walker<'_> {
                     }
                 });
             if let Some(p) = &route_path {
-                if let Some((_, other)) = seen.iter().find(|(q, _)| q == p) {
-                    self.err(&path_path, format!("\"{p}\" is already used by {other}"));
+                if let Some((q, other)) = seen.iter().find(|(q, _)| validate::same_route(q, p)) {
+                    self.err(&path_path, validate::same_route_message(p, q, other));
                 } else {
                     seen.push((p.clone(), path_path.clone()));
                 }

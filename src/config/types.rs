@@ -31,6 +31,9 @@ pub struct Config {
     pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
     /// Pass client header names containing `_` (except twins of gateway headers); default off.
     pub underscores_in_headers: bool,
+    /// Match routes ignoring ASCII letter case (default false: case-sensitive, and a path
+    /// whose route would change if case were ignored is refused).
+    pub case_insensitive_paths: bool,
 }
 
 /// One accepting socket, plain or TLS.

@@ -94,7 +94,34 @@ pub(crate) fn route_path(path: &str) -> Result<(), String> {
             "\"{path}\" must not contain \".\" or \"..\" segments"
         ));
     }
-    Ok(())
+    // Requests are routed on their canonical form, so a route that is not canonical could
+    // never match (or would match something else than it reads).
+    match crate::path::canonicalize(path) {
+        Err(e) => Err(format!("\"{path}\" is refused in requests: {e}")),
+        Ok(c) if c.as_str() != path => Err(format!(
+            "\"{path}\" is not in canonical form: write \"{c}\" (escapes of letters, digits \
+             and -._~ decoded, other escapes in upper case)"
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Whether two canonical route paths are the same route for some backend: equal once
+/// decoded and ASCII letter case is ignored (express folds case by default).
+pub(crate) fn same_route(a: &str, b: &str) -> bool {
+    crate::route::route_key(a).eq_ignore_ascii_case(&crate::route::route_key(b))
+}
+
+/// The message for a route path that [`same_route`] finds already used.
+pub(crate) fn same_route_message(path: &str, earlier: &str, at: &str) -> String {
+    if path == earlier {
+        format!("\"{path}\" is already used by {at}")
+    } else {
+        format!(
+            "\"{path}\" is the same route as \"{earlier}\" ({at}) once decoded and ignoring \
+             letter case, which backends such as express do"
+        )
+    }
 }
 
 /// Parses an upstream URL. `http`/`https` are accepted as aliases of `ws`/`wss` so nginx
@@ -333,7 +360,7 @@ mod tests {
 
     #[test]
     fn route_paths() {
-        for ok in ["/", "/ws", "/a/b-c_d.e/%20", "/a..b"] {
+        for ok in ["/", "/ws", "/a/b-c_d.e/%20x", "/a..b", "/a:b", "/%C3%A4"] {
             assert!(route_path(ok).is_ok(), "{ok}");
         }
         let cases = [
@@ -348,11 +375,29 @@ mod tests {
             ("/a/./b", "segments"),
             ("/a/..", "segments"),
             ("/é", "ASCII"),
+            ("/%61dmin", "write \"/admin\""),
+            ("/a%3ab", "write \"/a%3Ab\""),
+            ("/a{b}", "write \"/a%7Bb%7D\""),
+            ("/a;b", "path parameters"),
+            ("/a%2Fb", "encoded"),
+            ("/a%2561", "double"),
+            ("/a/%2e%2e/b", "dot segment"),
+            ("/admin.", "ends in"),
+            ("/%C0%AE", "UTF-8"),
         ];
         for (bad, want) in cases {
             let e = route_path(bad).unwrap_err();
             assert!(e.contains(want), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn same_routes() {
+        assert!(same_route("/a", "/a"));
+        assert!(same_route("/admin", "/Admin"));
+        assert!(same_route("/a:b", "/a%3Ab"));
+        assert!(!same_route("/a", "/a/b"));
+        assert!(same_route_message("/Admin", "/admin", "routes[0].path").contains("letter case"));
     }
 
     #[test]

@@ -137,17 +137,37 @@ impl Handler {
         client_ip: IpAddr,
         started: Instant,
     ) -> (String, Result<Response<ProxyBody>, Refusal>) {
-        if !crate::route::is_acceptable_path(req.uri().path()) {
-            return (
-                NO_ROUTE.to_owned(),
-                Err(Refusal::BadRequest("path with empty or dot segments")),
-            );
-        }
         if let Err(why) = crate::headers::check_host(req.headers(), req.uri()) {
             return (NO_ROUTE.to_owned(), Err(Refusal::BadRequest(why)));
         }
-        let Some(route) = runtime.router.find(req.uri().path()).cloned() else {
-            return (NO_ROUTE.to_owned(), Err(Refusal::NotFound));
+        // Routed on the canonical path, and the request now carries it, so the upstream gets
+        // exactly the path that was authorised.
+        let route = match crate::path::canonicalize(req.uri().path()) {
+            Ok(path) => match canonical_uri(req.uri(), &path) {
+                Some(uri) => {
+                    *req.uri_mut() = uri;
+                    runtime
+                        .router
+                        .find(&path, runtime.config.case_insensitive_paths)
+                }
+                None => {
+                    return (
+                        NO_ROUTE.to_owned(),
+                        Err(Refusal::BadRequest("unparsable request target")),
+                    );
+                }
+            },
+            Err(e) => return (NO_ROUTE.to_owned(), Err(Refusal::BadRequest(e.message()))),
+        };
+        let route = match route {
+            Ok(Some(route)) => route.clone(),
+            Ok(None) => return (NO_ROUTE.to_owned(), Err(Refusal::NotFound)),
+            Err(_) => {
+                return (
+                    NO_ROUTE.to_owned(),
+                    Err(Refusal::BadRequest(crate::route::CaseAmbiguous::MESSAGE)),
+                );
+            }
         };
         let label = route.path.clone();
         // Cross-site WebSocket hijacking: browsers attach cookies and cached credentials to
@@ -516,6 +536,14 @@ impl Handler {
         *req.headers_mut() = headers;
         Ok(req)
     }
+}
+
+/// `uri` with its path replaced by the canonical one; scheme and authority (absolute-form,
+/// HTTP/2) and the query are kept.
+fn canonical_uri(uri: &Uri, path: &crate::path::CanonicalPath) -> Option<Uri> {
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(crate::path::with_query(path, uri.query()).parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) -> Result<(), Refusal> {
