@@ -99,22 +99,26 @@ pub fn forwarded(peer: IpAddr, headers: &HeaderMap, trusted: Option<&[IpNet]>) -
         IpAddr::V6(ip) => format!("\"[{ip}]\""),
     };
     let keep = trusted.is_some_and(|t| is_trusted(t, &peer));
-    let previous: Vec<&str> = if keep {
-        headers
-            .get_all(header::FORWARDED)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let previous = earlier_hops(headers, &header::FORWARDED, keep);
     if previous.is_empty() {
         format!("for={node}")
     } else {
         format!("{}, for={node}", previous.join(", "))
     }
+}
+
+/// The non-empty, visible-ASCII values of `name` when the client's list is `kept`, else none.
+fn earlier_hops<'h>(headers: &'h HeaderMap, name: &HeaderName, kept: bool) -> Vec<&'h str> {
+    if !kept {
+        return Vec::new();
+    }
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 /// The `X-Forwarded-For` value to send upstream.
@@ -124,17 +128,7 @@ pub fn forwarded(peer: IpAddr, headers: &HeaderMap, trusted: Option<&[IpNet]>) -
 /// Values that are not visible ASCII are dropped, so the result is always a valid header.
 pub fn x_forwarded_for(peer: IpAddr, headers: &HeaderMap, trusted: Option<&[IpNet]>) -> String {
     let keep = trusted.is_none_or(|t| is_trusted(t, &peer));
-    let previous: Vec<&str> = if keep {
-        headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let previous = earlier_hops(headers, &X_FORWARDED_FOR, keep);
     if previous.is_empty() {
         peer.to_string()
     } else {

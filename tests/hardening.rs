@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
@@ -816,44 +816,8 @@ async fn least_connections_prefers_the_idle_server() {
 
 /// A TLS WebSocket echo server for `localhost` with the cert written by `files.cert(prefix)`.
 async fn tls_echo_upstream(files: &Files, prefix: &str) -> SocketAddr {
-    use rustls_pki_types::pem::PemObject;
-    let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
-        rustls_pki_types::CertificateDer::pem_file_iter(files.path(&format!("{prefix}.crt")))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(files.path(&format!("{prefix}.key")))
-        .unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(s).await else {
-                    return;
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
-                    return;
-                };
-                while let Some(Ok(m)) = ws.next().await {
-                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    let read = |ext: &str| std::fs::read_to_string(files.path(&format!("{prefix}.{ext}"))).unwrap();
+    tls_echo_upstream_pem(&read("crt"), &read("key")).await
 }
 
 #[tokio::test]

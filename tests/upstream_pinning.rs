@@ -6,14 +6,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, date_time_ymd,
 };
-use tokio::net::TcpListener;
 
 /// What a certificate looks like.
 struct Spec {
@@ -59,46 +56,6 @@ fn localhost_ca() -> Spec {
     }
 }
 
-/// A TLS WebSocket echo server presenting `chain_pem` (leaf first) with `key_pem`.
-async fn tls_echo(chain_pem: &str, key_pem: &str) -> SocketAddr {
-    use rustls_pki_types::pem::PemObject;
-    let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
-        rustls_pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(s).await else {
-                    return;
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
-                    return;
-                };
-                while let Some(Ok(m)) = ws.next().await {
-                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// A gate with one route `/up` to `wss://localhost:<port>` trusting `ca_pem`.
 async fn gate_trusting(ca_pem: &str, up: SocketAddr) -> Gate {
     let files = Files::new();
@@ -119,7 +76,7 @@ async fn upgrade_status(gate: &Gate) -> u16 {
 #[tokio::test]
 async fn self_signed_ca_cert_pinned_as_the_route_ca_is_accepted() {
     let (cert, key) = self_signed(localhost_ca());
-    let up = tls_echo(&cert, &key).await;
+    let up = tls_echo_upstream_pem(&cert, &key).await;
     let gate = gate_trusting(&cert, up).await;
     let (mut ws, _) = ws_connect(&gate.ws_url("/up"), &[])
         .await
@@ -134,7 +91,7 @@ async fn self_signed_ca_cert_pinned_as_the_route_ca_is_accepted() {
 #[tokio::test]
 async fn a_different_self_signed_cert_is_refused() {
     let (cert, key) = self_signed(localhost_ca());
-    let up = tls_echo(&cert, &key).await;
+    let up = tls_echo_upstream_pem(&cert, &key).await;
     // Same names, different key and bytes.
     let (other, _) = self_signed(localhost_ca());
     let gate = gate_trusting(&other, up).await;
@@ -171,7 +128,7 @@ async fn a_pinned_cert_with_the_wrong_name_is_refused() {
         },
     ] {
         let (cert, key) = self_signed(spec);
-        let up = tls_echo(&cert, &key).await;
+        let up = tls_echo_upstream_pem(&cert, &key).await;
         let gate = gate_trusting(&cert, up).await;
         assert_eq!(upgrade_status(&gate).await, 502);
     }
@@ -183,7 +140,7 @@ async fn a_pinned_cert_without_san_is_matched_on_its_cn() {
         sans: vec![],
         ..localhost_ca()
     });
-    let up = tls_echo(&cert, &key).await;
+    let up = tls_echo_upstream_pem(&cert, &key).await;
     let gate = gate_trusting(&cert, up).await;
     assert_eq!(upgrade_status(&gate).await, 101);
 }
@@ -196,7 +153,7 @@ async fn an_expired_pinned_cert_is_refused() {
             ca,
             ..localhost_ca()
         });
-        let up = tls_echo(&cert, &key).await;
+        let up = tls_echo_upstream_pem(&cert, &key).await;
         let gate = gate_trusting(&cert, up).await;
         assert_eq!(upgrade_status(&gate).await, 502, "ca: {ca}");
     }
@@ -226,7 +183,7 @@ async fn a_leaf_issued_by_the_route_ca_still_goes_through_path_validation() {
     .params()
     .signed_by(&leaf_key, &ca)
     .unwrap();
-    let up = tls_echo(
+    let up = tls_echo_upstream_pem(
         &format!("{}{}", leaf.pem(), ca.pem()),
         &leaf_key.serialize_pem(),
     )
@@ -244,7 +201,7 @@ async fn a_leaf_issued_by_the_route_ca_still_goes_through_path_validation() {
     .params()
     .signed_by(&wrong_key, &ca)
     .unwrap();
-    let up = tls_echo(&wrong.pem(), &wrong_key.serialize_pem()).await;
+    let up = tls_echo_upstream_pem(&wrong.pem(), &wrong_key.serialize_pem()).await;
     let gate = gate_trusting(&ca.pem(), up).await;
     assert_eq!(upgrade_status(&gate).await, 502);
 }
