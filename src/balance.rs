@@ -7,7 +7,9 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::config::{Balance, UpstreamConfig};
 
@@ -209,12 +211,12 @@ mod tests {
         assert!(seen.contains(&first.config.port));
     }
 
-    #[test]
-    fn retry_period_expires() {
+    #[tokio::test(start_paused = true)]
+    async fn retry_period_expires() {
         let p = Pool::new(&[up(1), up(2)], Balance::ClientIp, Duration::from_millis(0));
         let preferred = p.candidates(IP)[0].clone();
         p.mark_failed(&preferred);
-        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::advance(Duration::from_millis(5)).await;
         assert_eq!(p.candidates(IP)[0].config.port, preferred.config.port);
     }
 

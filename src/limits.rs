@@ -22,10 +22,11 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use lru::LruCache;
+use tokio::time::Instant;
 
 const SHARDS: usize = 16;
 /// Most rate buckets kept at once (about 100 bytes each: a few MiB at the cap).
@@ -180,19 +181,10 @@ impl Limits {
     /// Spends one request token of `key`; `Err(wait)` says when the next one is due.
     /// `rate` 0 disables the limit.
     pub fn try_request(&self, key: ClientKey, rate: u32, burst: u32) -> Result<(), Duration> {
-        self.try_request_at(key, rate, burst, Instant::now())
-    }
-
-    fn try_request_at(
-        &self,
-        key: ClientKey,
-        rate: u32,
-        burst: u32,
-        now: Instant,
-    ) -> Result<(), Duration> {
         if rate == 0 {
             return Ok(());
         }
+        let now = Instant::now();
         let rate = f64::from(rate);
         let burst = f64::from(burst.max(1));
         let mut map = lock(&self.buckets[shard(&key)]);
@@ -216,10 +208,7 @@ impl Limits {
     /// many. Called by the background sweeper: each shard's LRU end is popped only while it
     /// is stale, so the work is proportional to what is removed.
     pub fn prune(&self, rate: u32, burst: u32) -> usize {
-        self.prune_at(rate, burst, Instant::now())
-    }
-
-    fn prune_at(&self, rate: u32, burst: u32, now: Instant) -> usize {
+        let now = Instant::now();
         let full_after = if rate == 0 {
             Duration::ZERO
         } else {
@@ -278,22 +267,21 @@ mod tests {
         assert!(lock(&l.conns[shard(&ip)]).is_empty());
     }
 
-    #[test]
-    fn token_bucket_allows_burst_then_rate() {
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_allows_burst_then_rate() {
         let (ip, other) = (key("192.0.2.7"), key("192.0.2.8"));
         let l = Limits::new();
-        let t0 = Instant::now();
         for _ in 0..5 {
-            assert!(l.try_request_at(ip, 10, 5, t0).is_ok());
+            assert!(l.try_request(ip, 10, 5).is_ok());
         }
-        let wait = l.try_request_at(ip, 10, 5, t0).unwrap_err();
+        let wait = l.try_request(ip, 10, 5).unwrap_err();
         assert!(wait > Duration::from_millis(90) && wait <= Duration::from_millis(100));
         // 100 ms later one token is back.
-        let t1 = t0 + Duration::from_millis(100);
-        assert!(l.try_request_at(ip, 10, 5, t1).is_ok());
-        assert!(l.try_request_at(ip, 10, 5, t1).is_err());
-        assert!(l.try_request_at(other, 10, 5, t0).is_ok());
-        assert!(l.try_request_at(ip, 0, 5, t0).is_ok(), "rate 0 disables");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(l.try_request(ip, 10, 5).is_ok());
+        assert!(l.try_request(ip, 10, 5).is_err());
+        assert!(l.try_request(other, 10, 5).is_ok());
+        assert!(l.try_request(ip, 0, 5).is_ok(), "rate 0 disables");
     }
 
     #[test]
@@ -321,45 +309,46 @@ mod tests {
         assert_eq!(ClientKey::new(ip("192.0.2.7"), 8).ip(), ip("192.0.2.7"));
     }
 
-    #[test]
-    fn bucket_table_is_capped_and_forgets_the_least_recently_seen() {
+    // Paused time: every request below happens at the same instant, so no bucket refills.
+    #[tokio::test(start_paused = true)]
+    async fn bucket_table_is_capped_and_forgets_the_least_recently_seen() {
         let l = Limits::with_capacity(2);
-        let t0 = Instant::now();
         // Far more clients than the cap (2 per shard): the table never grows past it.
         for i in 0..10_000u32 {
             let k = ClientKey::new(IpAddr::V4(i.into()), 64);
-            assert!(l.try_request_at(k, 1, 1, t0).is_ok());
+            assert!(l.try_request(k, 1, 1).is_ok());
         }
         assert!(l.tracked_clients() <= 2 * SHARDS, "{}", l.tracked_clients());
         // An active client keeps its (empty) bucket while others churn through its shard.
         let hot = key("192.0.2.7");
-        assert!(l.try_request_at(hot, 1, 1, t0).is_ok());
-        assert!(l.try_request_at(hot, 1, 1, t0).is_err());
+        assert!(l.try_request(hot, 1, 1).is_ok());
+        assert!(l.try_request(hot, 1, 1).is_err());
         let same_shard: Vec<ClientKey> = (0..100_000u32)
             .map(|i| ClientKey::new(IpAddr::V4(i.into()), 64))
             .filter(|k| shard(k) == shard(&hot) && *k != hot)
             .take(1)
             .collect();
-        assert!(l.try_request_at(same_shard[0], 1, 1, t0).is_ok());
+        assert!(l.try_request(same_shard[0], 1, 1).is_ok());
         assert!(
-            l.try_request_at(hot, 1, 1, t0).is_err(),
+            l.try_request(hot, 1, 1).is_err(),
             "one newcomer does not evict a recently seen client"
         );
     }
 
-    #[test]
-    fn prune_drops_only_refilled_buckets() {
+    #[tokio::test(start_paused = true)]
+    async fn prune_drops_only_refilled_buckets() {
         let l = Limits::new();
-        let t0 = Instant::now();
         let (old, fresh) = (key("192.0.2.7"), key("192.0.2.8"));
-        l.try_request_at(old, 10, 20, t0).unwrap();
-        l.try_request_at(fresh, 10, 20, t0 + Duration::from_secs(1))
-            .unwrap();
+        l.try_request(old, 10, 20).unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.try_request(fresh, 10, 20).unwrap();
         // burst 20 at 10/s is full again after 2 s.
-        assert_eq!(l.prune_at(10, 20, t0 + Duration::from_millis(1500)), 0);
-        assert_eq!(l.prune_at(10, 20, t0 + Duration::from_millis(2500)), 1);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(l.prune(10, 20), 0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(l.prune(10, 20), 1);
         assert_eq!(l.tracked_clients(), 1);
-        assert_eq!(l.prune_at(0, 20, t0), 1, "rate off: nothing to remember");
+        assert_eq!(l.prune(0, 20), 1, "rate off: nothing to remember");
         assert_eq!(l.tracked_clients(), 0);
     }
 

@@ -11,9 +11,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use futures_util::task::AtomicWaker;
+use tokio::time::Instant;
 
 const SHARDS: usize = 16;
 
@@ -232,14 +233,14 @@ mod tests {
         assert!(r.is_empty());
     }
 
-    #[test]
-    fn sweep_stops_only_quiet_tunnels() {
+    #[tokio::test(start_paused = true)]
+    async fn sweep_stops_only_quiet_tunnels() {
         let r = Registry::new();
         let quiet = info(&r);
         let busy = info(&r);
         let _g1 = r.insert(quiet.clone());
         let _g2 = r.insert(busy.clone());
-        std::thread::sleep(Duration::from_millis(30));
+        tokio::time::advance(Duration::from_millis(30)).await;
         busy.client_to_upstream.fetch_add(10, Ordering::Relaxed);
         assert_eq!(r.sweep_idle(Duration::from_millis(20)), 1);
         assert_eq!(quiet.stop_reason(), Some(StopReason::Idle));
@@ -248,7 +249,7 @@ mod tests {
             None,
             "traffic since the last sweep resets the clock"
         );
-        std::thread::sleep(Duration::from_millis(30));
+        tokio::time::advance(Duration::from_millis(30)).await;
         assert_eq!(
             r.sweep_idle(Duration::from_millis(20)),
             2,

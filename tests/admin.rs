@@ -1,4 +1,6 @@
 //! The admin listener (health, readiness, metrics), the drain and live reloads.
+// Real processes and sockets: deadlines here are wall-clock on purpose.
+#![allow(clippy::disallowed_types)]
 mod common;
 
 use std::net::SocketAddr;

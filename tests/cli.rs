@@ -1,6 +1,8 @@
 //! The `wsgate` binary: `check`, `hash-password`, `--version`/`--help`, config errors at
 //! start-up (exit 64, nothing bound), `WSGATE_CONFIG`, SIGTERM drain, SIGHUP reload and
 //! JSON logs. Every test runs the real executable.
+// Real processes and sockets: deadlines here are wall-clock on purpose.
+#![allow(clippy::disallowed_types)]
 
 mod common;
 

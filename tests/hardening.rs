@@ -1,6 +1,8 @@
 //! Hardening features over real sockets: connection and handshake limits, header and idle
 //! timeouts, origin allow-lists, trusted proxies, the PROXY protocol, upstream pools,
 //! `wss://` upstreams with a route CA, certificate reloads and `POST /reload`.
+// Real sockets against a running gateway: deadlines here are wall-clock on purpose.
+#![allow(clippy::disallowed_types)]
 mod common;
 
 use std::net::SocketAddr;

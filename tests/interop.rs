@@ -4,6 +4,8 @@
 //! Needs `tests/interop/install.sh` to have run (node_modules, the Python venv, Debian
 //! `chromium` and `prometheus`). Every process a test starts is owned by a [`Proc`] guard that
 //! kills it on drop, panics included. Everything listens on 127.0.0.1, on ports picked at run time.
+// Real sockets against a running gateway: deadlines here are wall-clock on purpose.
+#![allow(clippy::disallowed_types)]
 
 mod common;
 

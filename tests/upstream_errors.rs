@@ -1,5 +1,7 @@
 //! Upstream failures, client failures, routing, handshake checks, header forwarding and the
 //! splice, all over real sockets against a real gateway.
+// Real sockets against a running gateway: deadlines here are wall-clock on purpose.
+#![allow(clippy::disallowed_types)]
 mod common;
 
 use std::net::SocketAddr;

@@ -8,11 +8,12 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
+use tokio::time::Instant;
 
 /// Upper bound on entries: a flood of distinct valid logins cannot grow memory without bound.
 pub(crate) const MAX_ENTRIES: usize = 10_000;
