@@ -43,13 +43,13 @@ impl StopReason {
 pub struct TunnelInfo {
     /// Unique for the life of the process.
     pub id: u64,
-    /// The route's path.
+    /// The route's path; issue 10's admin `GET /connections` lists and filters by it.
     pub route: String,
     /// The authenticated user, if any.
     pub user: Option<String>,
     /// The client's address (after PROXY protocol / trusted proxies).
     pub client: IpAddr,
-    /// When the 101 went out.
+    /// When the 101 went out; issue 10's `GET /connections` reports it as `since`.
     pub opened: SystemTime,
     /// Bytes client → upstream so far.
     pub client_to_upstream: AtomicU64,

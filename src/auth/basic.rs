@@ -1,6 +1,7 @@
 //! HTTP Basic against an htpasswd file.
 
 use std::sync::Arc;
+#[cfg(test)]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
@@ -9,7 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use super::cache::SuccessCache;
 use super::htpasswd::{self, Htpasswd, StoredHash};
 use super::limiter::{HashLimiter, Refused};
-use super::{AuthFailure, Consumed, Identity, Scheme, authorization};
+use super::{AuthFailure, Identity, Scheme, authorization};
 use crate::config::BasicConfig;
 use crate::limits::ClientKey;
 
@@ -24,6 +25,7 @@ pub(crate) struct Basic {
     /// Shared bound on concurrent hashes.
     limiter: Arc<HashLimiter>,
     /// Hash runs started (tests check that a cache hit skips the hash).
+    #[cfg(test)]
     hashes: AtomicU64,
 }
 
@@ -47,6 +49,7 @@ impl Basic {
             users,
             cache: SuccessCache::new(cfg.cache_ttl),
             limiter,
+            #[cfg(test)]
             hashes: AtomicU64::new(0),
         })
     }
@@ -54,10 +57,7 @@ impl Basic {
     /// Judges the `Authorization: Basic` credential, if any (no per-client hash bound).
     #[cfg(test)]
     #[cfg(test)]
-    pub(crate) async fn check(
-        &self,
-        headers: &http::HeaderMap,
-    ) -> Result<(Identity, Consumed), AuthFailure> {
+    pub(crate) async fn check(&self, headers: &http::HeaderMap) -> Result<Identity, AuthFailure> {
         self.check_from(headers, None).await
     }
 
@@ -67,7 +67,7 @@ impl Basic {
         &self,
         headers: &http::HeaderMap,
         client: Option<ClientKey>,
-    ) -> Result<(Identity, Consumed), AuthFailure> {
+    ) -> Result<Identity, AuthFailure> {
         let encoded = match authorization(headers)? {
             Some((Scheme::Basic, rest)) => rest,
             // Bearer or anything else is not ours to judge.
@@ -112,6 +112,7 @@ impl Basic {
             Refused::Saturated => AuthFailure::Busy,
             Refused::ClientBusy => AuthFailure::TooMany,
         })?;
+        #[cfg(test)]
         self.hashes.fetch_add(1, Ordering::Relaxed);
         // The permit moves into the closure: if the client goes away mid-hash, the slot
         // stays taken until the CPU work really ends.
@@ -130,15 +131,12 @@ impl Basic {
     }
 }
 
-/// The identity and consumed credential for an admitted Basic user.
-fn admitted(user: String) -> (Identity, Consumed) {
-    (
-        Identity {
-            user,
-            expires_at: None,
-        },
-        Consumed::AuthorizationHeader,
-    )
+/// The identity of an admitted Basic user.
+fn admitted(user: String) -> Identity {
+    Identity {
+        user,
+        expires_at: None,
+    }
 }
 
 /// `base64(user:password)` → (user, password); anything undecodable is `Malformed`.
@@ -218,10 +216,9 @@ mod tests {
     #[tokio::test]
     async fn admits_good_password_case_insensitive_scheme() {
         let (b, _f) = basic(Duration::ZERO);
-        let (id, consumed) = b.check(&creds("alice", "s3cret")).await.expect("admit");
+        let id = b.check(&creds("alice", "s3cret")).await.expect("admit");
         assert_eq!(id.user, "alice");
         assert_eq!(id.expires_at, None);
-        assert_eq!(consumed, Consumed::AuthorizationHeader);
         let h = basic_header(&format!("bAsIc   {}", STANDARD.encode("alice:s3cret")));
         assert!(b.check(&h).await.is_ok());
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{DecodingKey, Validation};
 
-use super::{AuthFailure, Consumed, Identity, Scheme, authorization, query_param};
+use super::{AuthFailure, Identity, Scheme, authorization, query_param};
 use crate::config::{JwtConfig, PublicFamily, VerifyKey};
 
 /// Upper bound on `leeway`, in seconds.
@@ -87,7 +87,7 @@ impl Jwt {
         &self,
         headers: &http::HeaderMap,
         query: Option<&str>,
-    ) -> Result<(Identity, Consumed), AuthFailure> {
+    ) -> Result<Identity, AuthFailure> {
         let from_header = match authorization(headers)? {
             Some((Scheme::Bearer, rest)) => Some(rest),
             _ => None,
@@ -98,19 +98,15 @@ impl Jwt {
             Some(q) => query_param(q, &self.query_param, self.max_token_bytes.saturating_mul(3))?,
             None => None,
         };
-        let (token, consumed) = match (from_header, from_query) {
+        let token = match (from_header, from_query) {
             (Some(_), Some(_)) => return Err(AuthFailure::Malformed),
-            (Some(h), None) => (
-                std::str::from_utf8(h)
-                    .map_err(|_| AuthFailure::Malformed)?
-                    .to_owned(),
-                Consumed::AuthorizationHeader,
-            ),
-            (None, Some(q)) => (q, Consumed::QueryParam(self.query_param.clone())),
+            (Some(h), None) => std::str::from_utf8(h)
+                .map_err(|_| AuthFailure::Malformed)?
+                .to_owned(),
+            (None, Some(q)) => q,
             (None, None) => return Err(AuthFailure::Missing),
         };
-        let identity = self.verify(&token)?;
-        Ok((identity, consumed))
+        self.verify(&token)
     }
 
     /// Signature, then claims. Signature first, so a forger learns nothing about claims.
@@ -277,7 +273,7 @@ pub(crate) mod tests {
     }
 
     fn check_bearer(j: &Jwt, t: &str) -> Result<Identity, AuthFailure> {
-        j.check(&bearer(t), None).map(|(id, _)| id)
+        j.check(&bearer(t), None)
     }
 
     fn pem_file(text: &str) -> tempfile::NamedTempFile {
@@ -305,10 +301,9 @@ pub(crate) mod tests {
         let j = Jwt::build(&hs_cfg()).expect("build");
         let exp = now() + 600;
         let t = hs_token(&json!({"sub": "alice", "exp": exp}));
-        let (id, consumed) = j.check(&bearer(&t), None).expect("admit");
+        let id = j.check(&bearer(&t), None).expect("admit");
         assert_eq!(id.user, "alice");
         assert_eq!(id.expires_at, Some(UNIX_EPOCH + Duration::from_secs(exp)));
-        assert_eq!(consumed, Consumed::AuthorizationHeader);
     }
 
     #[test]
@@ -318,9 +313,8 @@ pub(crate) mod tests {
         // Encode the dots and a few letters; the decoded value must verify.
         let enc = t.replace('.', "%2E").replacen('e', "%65", 2);
         let q = format!("a=1&token={enc}&tokens=zzz");
-        let (id, consumed) = j.check(&http::HeaderMap::new(), Some(&q)).expect("admit");
+        let id = j.check(&http::HeaderMap::new(), Some(&q)).expect("admit");
         assert_eq!(id.user, "alice");
-        assert_eq!(consumed, Consumed::QueryParam("token".into()));
     }
 
     #[test]

@@ -24,17 +24,8 @@ use crate::limits::ClientKey;
 pub struct Identity {
     /// The Basic user name or the JWT `sub`.
     pub user: String,
-    /// The JWT `exp`; `None` for Basic.
+    /// The JWT `exp`; `None` for Basic. Issue 10 (session layer) closes the tunnel then.
     pub expires_at: Option<SystemTime>,
-}
-
-/// Which credential was consumed (the gateway strips it before forwarding).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Consumed {
-    /// The `Authorization` header.
-    AuthorizationHeader,
-    /// The query parameter of this name (every occurrence).
-    QueryParam(String),
 }
 
 /// A successful check.
@@ -42,9 +33,8 @@ pub enum Consumed {
 pub struct Admission {
     /// Who was admitted.
     pub identity: Identity,
-    /// The credential to strip before forwarding.
-    pub consumed: Consumed,
-    /// Name of the authenticator that admitted.
+    /// Name of the authenticator that admitted; issue 11 (claims to headers) applies this
+    /// authenticator's claim mapping.
     pub authenticator: String,
 }
 
@@ -162,13 +152,12 @@ impl Authenticator {
         query: Option<&str>,
         client: Option<ClientKey>,
     ) -> Result<Admission, AuthFailure> {
-        let (identity, consumed) = match &self.kind {
+        let identity = match &self.kind {
             Kind::Basic(b) => b.check_from(headers, client).await?,
             Kind::Jwt(j) => j.check(headers, query)?,
         };
         Ok(Admission {
             identity,
-            consumed,
             authenticator: self.name.clone(),
         })
     }
@@ -758,7 +747,6 @@ mod tests {
             .expect("admit");
         assert_eq!(a.authenticator, "jwt");
         assert_eq!(a.identity.user, "alice");
-        assert_eq!(a.consumed, Consumed::QueryParam("token".into()));
 
         // Good Basic: admitted by the first authenticator.
         let a = r
@@ -766,7 +754,6 @@ mod tests {
             .await
             .expect("admit");
         assert_eq!(a.authenticator, "users");
-        assert_eq!(a.consumed, Consumed::AuthorizationHeader);
         assert_eq!(a.identity.expires_at, None);
     }
 
