@@ -1,6 +1,7 @@
 //! Provides `WSGATE_GIT_COMMIT` (short commit hash, or `unknown`) for `--version` and
 //! `wsgate_build_info`. Never fails the build: a tarball, a crate without `.git` or a
-//! machine without git all get `unknown`.
+//! machine without git all get `unknown`. A `WSGATE_GIT_COMMIT` set in the build's
+//! environment wins (Docker builds, whose context has no `.git`).
 
 use std::path::Path;
 use std::process::Command;
@@ -24,7 +25,13 @@ fn watch(path: &str) {
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rerun-if-env-changed=WSGATE_GIT_COMMIT");
+    let given = std::env::var("WSGATE_GIT_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty());
+    let commit = given
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=WSGATE_GIT_COMMIT={commit}");
 
     // Ask git for the paths: in a worktree `.git` is a file and HEAD lives elsewhere, and
