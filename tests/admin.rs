@@ -685,19 +685,27 @@ fn alert_rules_pass_promtool_check() {
         promtool.exists(),
         "promtool is required (Debian package `prometheus`)"
     );
-    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/alerts.yml");
-    let out = std::process::Command::new(promtool)
-        .args(["check", "rules"])
-        .arg(&rules)
-        .output()
-        .expect("running promtool");
-    assert!(
-        out.status.success(),
-        "promtool check rules failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let rules = contrib.join("alerts.yml");
+    // `check` validates syntax and expressions; `test` proves each alert fires on the series
+    // wsgate exports (contrib/alerts_test.yml).
+    for (command, file) in [
+        ("check", &rules),
+        ("test", &contrib.join("alerts_test.yml")),
+    ] {
+        let out = std::process::Command::new(promtool)
+            .args([command, "rules"])
+            .arg(file)
+            .output()
+            .expect("running promtool");
+        assert!(
+            out.status.success(),
+            "promtool {command} rules failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // Every wsgate metric an alert reads must exist, or the alert silently never fires.
     let text = std::fs::read_to_string(&rules).unwrap();
     for name in [
