@@ -4,9 +4,12 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 # Build dependencies first so code changes don't rebuild them.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked --bin wsgate && rm -rf src
+# The context has no .git: pass the commit for --version and wsgate_build_info, e.g.
+# `docker build --build-arg WSGATE_GIT_COMMIT=$(git rev-parse --short=12 HEAD) .`
+ARG WSGATE_GIT_COMMIT=unknown
 COPY src ./src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin wsgate \
     && strip target/release/wsgate

@@ -75,6 +75,33 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// The crate version (`Cargo.toml`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit wsgate was built from (short hash), or `unknown` (see build.rs).
+pub const COMMIT: &str = env!("WSGATE_GIT_COMMIT");
+/// `--version` text: version and commit.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WSGATE_GIT_COMMIT"),
+    ")"
+);
+
+/// Publishes what operators alert on about the state just put in force.
+fn publish_applied(metrics: &Metrics, runtime: &Runtime) {
+    let certs: Vec<(String, String, i64)> = runtime
+        .config
+        .listeners
+        .iter()
+        .zip(&runtime.listener_certs)
+        .filter_map(|(l, c)| {
+            c.as_ref()
+                .map(|c| (l.bind.to_string(), c.subject.clone(), c.not_after))
+        })
+        .collect();
+    metrics.config_applied(runtime.config.limits.max_connections, &certs);
+}
+
 /// Validates a config the way start-up does (files included) without binding anything.
 pub fn check(config: Config) -> Result<(), ConfigErrors> {
     let metrics = Metrics::new().map_err(|e| {
@@ -118,6 +145,7 @@ impl Gateway {
     ) -> Result<Self, StartError> {
         let metrics = Metrics::new()?;
         let runtime = runtime::build_with(config, &metrics, upstream_tls.clone())?;
+        publish_applied(&metrics, &runtime);
         let mut listeners = Vec::new();
         for (index, l) in runtime.config.listeners.iter().enumerate() {
             let tcp = listener::bind(l.bind).await.map_err(StartError::Bind)?;
@@ -349,6 +377,7 @@ impl Reloader {
         {
             limits::log_effective(&runtime.config);
         }
+        publish_applied(&self.metrics, &runtime);
         self.state.store(Arc::new(runtime));
         Ok(())
     }

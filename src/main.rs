@@ -22,7 +22,7 @@ const EXIT_CONFIG: u8 = 64;
 #[derive(Parser)]
 #[command(
     name = "wsgate",
-    version,
+    version = wsgate::LONG_VERSION,
     about = "Authenticated WebSocket gateway: TLS, auth on the upgrade, splice, metrics"
 )]
 struct Cli {

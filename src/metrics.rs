@@ -3,9 +3,12 @@
 //! The hot path never looks a label up: a route's handles are resolved once when the
 //! route is built ([`RouteMetrics`]) and reused by every connection on it.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Open spliced WebSocket connections ("online"), per route.
@@ -24,6 +27,14 @@ pub const HANDSHAKE_DURATION: &str = "wsgate_handshake_duration_seconds";
 pub const CONNECTION_DURATION: &str = "wsgate_connection_duration_seconds";
 /// Config reloads by result (`ok`, `error`).
 pub const CONFIG_RELOADS_TOTAL: &str = "wsgate_config_reloads_total";
+/// Always 1; the `version` and `commit` labels name the running build.
+pub const BUILD_INFO: &str = "wsgate_build_info";
+/// Unix time at which the configuration in force was applied (start-up or reload).
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "wsgate_config_last_reload_success_timestamp_seconds";
+/// `notAfter` of each TLS listener's leaf certificate, unix seconds, per listener and subject.
+pub const TLS_CERTIFICATE_EXPIRY: &str = "wsgate_tls_certificate_expiry_timestamp_seconds";
+/// The configured `limits.max_connections`, so alerts can compare the active count to it.
+pub const CONNECTIONS_MAX: &str = "wsgate_connections_max";
 
 /// The `route` label used when no route matched.
 pub const NO_ROUTE: &str = "unmatched";
@@ -93,6 +104,12 @@ pub struct Metrics {
     handshake_duration: HistogramVec,
     connection_duration: HistogramVec,
     config_reloads_total: IntCounterVec,
+    config_last_reload_success: Gauge,
+    tls_certificate_expiry: IntGaugeVec,
+    connections_max: IntGauge,
+    /// Listener → subject of its exported expiry series, to drop the series a renewed
+    /// certificate with another subject leaves behind.
+    cert_subjects: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// A route's pre-resolved handles, so a connection never hashes label values.
@@ -175,7 +192,33 @@ impl Metrics {
         registry.register(Box::new(bytes_total.clone()))?;
         registry.register(Box::new(handshake_duration.clone()))?;
         registry.register(Box::new(connection_duration.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(BUILD_INFO, "Always 1; labels name the running build."),
+            &["version", "commit"],
+        )?;
+        let config_last_reload_success = Gauge::new(
+            CONFIG_LAST_RELOAD_SUCCESS,
+            "Unix time the configuration in force was applied (start-up or reload).",
+        )?;
+        let tls_certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                TLS_CERTIFICATE_EXPIRY,
+                "notAfter of each TLS listener's leaf certificate, unix seconds.",
+            ),
+            &["listener", "subject"],
+        )?;
+        let connections_max = IntGauge::new(
+            CONNECTIONS_MAX,
+            "Configured limits.max_connections (gateway-wide cap on client connections).",
+        )?;
         registry.register(Box::new(config_reloads_total.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+        registry.register(Box::new(config_last_reload_success.clone()))?;
+        registry.register(Box::new(tls_certificate_expiry.clone()))?;
+        registry.register(Box::new(connections_max.clone()))?;
+        build_info
+            .with_label_values(&[crate::VERSION, crate::COMMIT])
+            .set(1);
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -192,7 +235,42 @@ impl Metrics {
             handshake_duration,
             connection_duration,
             config_reloads_total,
+            config_last_reload_success,
+            tls_certificate_expiry,
+            connections_max,
+            cert_subjects: Arc::default(),
         })
+    }
+
+    /// Records a configuration just put in force: its time, its connection cap and its
+    /// listeners' certificates as `(listener, subject, notAfter)`. Series of listeners
+    /// absent from `certs`, or whose subject changed, are removed.
+    pub fn config_applied(&self, max_connections: usize, certs: &[(String, String, i64)]) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.config_last_reload_success.set(now);
+        self.connections_max
+            .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
+        // A poisoned lock only means another thread panicked mid-update; the map is still
+        // a usable record of what is exported.
+        let mut exported = self.cert_subjects.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = HashMap::with_capacity(certs.len());
+        for (listener, subject, not_after) in certs {
+            self.tls_certificate_expiry
+                .with_label_values(&[listener.as_str(), subject.as_str()])
+                .set(*not_after);
+            next.insert(listener.clone(), subject.clone());
+        }
+        for (listener, subject) in exported.iter() {
+            if next.get(listener) != Some(subject) {
+                let _ = self
+                    .tls_certificate_expiry
+                    .remove_label_values(&[listener.as_str(), subject.as_str()]);
+            }
+        }
+        *exported = next;
     }
 
     /// Resolves (and so exports at zero) a route's series: every handshake outcome, and every
@@ -308,5 +386,40 @@ mod tests {
             assert!(text.contains(&line), "{line}");
         }
         assert!(!text.contains("wsgate_auth_failures_total{reason=\"missing\",route=\"/open\"}"));
+    }
+
+    #[test]
+    fn build_info_and_config_applied() {
+        let m = Metrics::new().unwrap();
+        let text = String::from_utf8(m.render()).unwrap();
+        let info = format!(
+            "wsgate_build_info{{commit=\"{}\",version=\"{}\"}} 1",
+            crate::COMMIT,
+            crate::VERSION
+        );
+        assert!(text.contains(&info), "{text}");
+
+        let cert = |l: &str, s: &str, t: i64| (l.to_owned(), s.to_owned(), t);
+        m.config_applied(
+            7,
+            &[
+                cert("0.0.0.0:443", "a.example", 100),
+                cert("[::]:8443", "b", 200),
+            ],
+        );
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("wsgate_connections_max 7"));
+        assert!(text.contains(
+            "wsgate_tls_certificate_expiry_timestamp_seconds{listener=\"0.0.0.0:443\",subject=\"a.example\"} 100"
+        ));
+        // Renewed with another subject on one listener, dropped on the other.
+        m.config_applied(9, &[cert("0.0.0.0:443", "c.example", 300)]);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("wsgate_connections_max 9"));
+        assert!(text.contains(
+            "wsgate_tls_certificate_expiry_timestamp_seconds{listener=\"0.0.0.0:443\",subject=\"c.example\"} 300"
+        ));
+        assert!(!text.contains("subject=\"a.example\""), "{text}");
+        assert!(!text.contains("[::]:8443"), "{text}");
     }
 }

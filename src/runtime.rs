@@ -37,6 +37,8 @@ pub struct Runtime {
     pub router: Router<Arc<Route>>,
     /// TLS server config per listener (same order as `config.listeners`).
     pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Leaf certificate subject and expiry per listener (same order; `None` = plain).
+    pub listener_certs: Vec<Option<crate::tls::LeafInfo>>,
 }
 
 fn error(path: String, message: impl Into<String>) -> ConfigError {
@@ -60,12 +62,22 @@ pub fn build_with(
     let mut errors = Vec::new();
 
     let mut listener_tls = Vec::with_capacity(config.listeners.len());
+    let mut listener_certs = Vec::with_capacity(config.listeners.len());
     for (i, l) in config.listeners.iter().enumerate() {
         let Some(files) = &l.tls else {
             listener_tls.push(None);
+            listener_certs.push(None);
             continue;
         };
-        match crate::tls::load_certified_key(&files.cert, &files.key) {
+        let key = crate::tls::load_certified_key(&files.cert, &files.key);
+        // rustls already accepted the leaf; an x509 parse failure here only costs the
+        // expiry metric, so it must not refuse a certificate that serves fine.
+        listener_certs.push(key.as_ref().ok().and_then(|k| {
+            crate::tls::leaf_info(k)
+                .inspect_err(|e| tracing::warn!(listener = %l.bind, error = %e, "no certificate expiry metric"))
+                .ok()
+        }));
+        match key {
             Ok(key) => match crate::tls::server_config(key) {
                 Ok(cfg) => listener_tls.push(Some(cfg)),
                 Err(e) => {
@@ -150,6 +162,7 @@ pub fn build_with(
     Ok(Runtime {
         router: Router::new(routes),
         listener_tls,
+        listener_certs,
         config,
     })
 }

@@ -141,3 +141,29 @@ pub fn client_config_with_roots(
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
+
+/// What operators alert on about a listener's leaf certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafInfo {
+    /// The subject's common name, or the whole subject when it has none.
+    pub subject: String,
+    /// `notAfter` as unix seconds.
+    pub not_after: i64,
+}
+
+/// Reads the subject and expiry of `key`'s leaf certificate.
+pub fn leaf_info(key: &CertifiedKey) -> Result<LeafInfo, String> {
+    let der = key.end_entity_cert().map_err(|e| e.to_string())?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("cannot parse the leaf certificate: {e}"))?;
+    let subject = cert.subject();
+    let cn = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
+    Ok(LeafInfo {
+        subject: cn.unwrap_or_else(|| subject.to_string()),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}

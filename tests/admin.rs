@@ -601,3 +601,122 @@ async fn admin_connections_are_capped() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(gate.admin_get("/healthz").await.0, 200, "a slot came back");
 }
+
+/// Writes `{name}.crt`/`{name}.key`: a self-signed leaf with subject CN `cn` valid until
+/// midnight UTC of `not_after` (y, m, d).
+fn write_leaf(files: &Files, name: &str, cn: &str, not_after: (i32, u8, u8)) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    files.write(&format!("{name}.crt"), &cert.pem());
+    files.write(&format!("{name}.key"), &key.serialize_pem());
+}
+
+fn tls_listener_config(up: SocketAddr, cert: &str) -> String {
+    format!(
+        "listeners:\n  - bind: \"127.0.0.1:0\"\n    tls:\n      cert: {{dir}}/{cert}.crt\n      key: {{dir}}/{cert}.key\n\
+         admin:\n  bind: \"127.0.0.1:0\"\nlimits:\n  max_connections: 123\n\
+         routes:\n  - path: /ws\n    upstream: ws://{up}\n"
+    )
+}
+
+#[tokio::test]
+async fn operator_metrics_build_info_reload_time_and_certificate_expiry() {
+    let echo = echo_upstream().await;
+    let files = Files::new();
+    write_leaf(&files, "old", "gate.example", (2031, 5, 17));
+    write_leaf(&files, "new", "renewed.example", (2032, 1, 2));
+    let before = now_secs() as f64;
+    let gate = start_gate(files, &tls_listener_config(echo.addr, "old")).await;
+    let text = gate.metrics().await;
+
+    let info = format!(
+        "wsgate_build_info{{commit=\"{}\",version=\"{}\"}}",
+        wsgate::COMMIT,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(metric_value(&text, &info), 1.0);
+    assert!(!wsgate::COMMIT.is_empty());
+    assert_eq!(metric_value(&text, "wsgate_connections_max"), 123.0);
+    let old_series = "wsgate_tls_certificate_expiry_timestamp_seconds{listener=\"127.0.0.1:0\",subject=\"gate.example\"}";
+    // 2031-05-17T00:00:00Z
+    assert_eq!(metric_value(&text, old_series), 1_936_742_400.0);
+    let started = metric_value(&text, "wsgate_config_last_reload_success_timestamp_seconds");
+    assert!(
+        started >= before && started <= now_secs() as f64 + 1.0,
+        "{started}"
+    );
+
+    // A failed reload changes nothing.
+    let mut bad = parse(&gate, &tls_listener_config(echo.addr, "new"));
+    bad.listeners[0].tls.as_mut().unwrap().key = gate.files.path("old.key");
+    assert!(gate.reloader.reload(bad).is_err());
+    let text = gate.metrics().await;
+    assert_eq!(
+        metric_value(&text, "wsgate_config_last_reload_success_timestamp_seconds"),
+        started
+    );
+    assert_eq!(metric_value(&text, old_series), 1_936_742_400.0);
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    gate.reloader
+        .reload(parse(&gate, &tls_listener_config(echo.addr, "new")))
+        .unwrap();
+    let text = gate.metrics().await;
+    let reloaded = metric_value(&text, "wsgate_config_last_reload_success_timestamp_seconds");
+    assert!(reloaded > started, "{reloaded} <= {started}");
+    // 2032-01-02T00:00:00Z; the old subject's series is gone with its certificate.
+    assert_eq!(
+        metric_value(
+            &text,
+            "wsgate_tls_certificate_expiry_timestamp_seconds{listener=\"127.0.0.1:0\",subject=\"renewed.example\"}"
+        ),
+        1_956_614_400.0
+    );
+    assert!(try_metric_value(&text, old_series).is_none(), "{text}");
+}
+
+#[test]
+fn alert_rules_pass_promtool_check() {
+    let promtool = Path::new("/usr/bin/promtool");
+    assert!(
+        promtool.exists(),
+        "promtool is required (Debian package `prometheus`)"
+    );
+    let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let rules = contrib.join("alerts.yml");
+    // `check` validates syntax and expressions; `test` proves each alert fires on the series
+    // wsgate exports (contrib/alerts_test.yml).
+    for (command, file) in [
+        ("check", &rules),
+        ("test", &contrib.join("alerts_test.yml")),
+    ] {
+        let out = std::process::Command::new(promtool)
+            .args([command, "rules"])
+            .arg(file)
+            .output()
+            .expect("running promtool");
+        assert!(
+            out.status.success(),
+            "promtool {command} rules failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every wsgate metric an alert reads must exist, or the alert silently never fires.
+    let text = std::fs::read_to_string(&rules).unwrap();
+    for name in [
+        "wsgate_tls_certificate_expiry_timestamp_seconds",
+        "wsgate_config_reloads_total",
+        "wsgate_handshakes_total",
+        "wsgate_connections_active",
+        "wsgate_connections_max",
+    ] {
+        assert!(text.contains(name), "alerts.yml does not use {name}");
+    }
+}

@@ -643,6 +643,8 @@ fn version_and_help() {
         "{}",
         stdout(&out)
     );
+    // The commit (build.rs: short hash, or `unknown` outside a git checkout).
+    assert!(stdout(&out).contains("(commit "), "{}", stdout(&out));
     let out = run(wsgate(dir.path()).arg("--help"));
     assert!(out.status.success());
     let help = stdout(&out);
