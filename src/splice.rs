@@ -577,6 +577,19 @@ mod tunnel_tests {
             .collect()
     }
 
+    /// A peer that sends `data` then half-closes while reading everything it is sent.
+    async fn send_and_drain(peer: DuplexStream, data: Vec<u8>) -> Vec<u8> {
+        let (mut r, mut w) = tokio::io::split(peer);
+        let writer = async {
+            w.write_all(&data).await.unwrap();
+            w.shutdown().await.unwrap();
+        };
+        let mut got = Vec::new();
+        let (_, n) = tokio::join!(writer, r.read_to_end(&mut got));
+        n.unwrap();
+        got
+    }
+
     #[tokio::test]
     async fn bytes_are_exact_both_ways_under_backpressure() {
         let metrics = Metrics::new().unwrap();
@@ -592,34 +605,8 @@ mod tunnel_tests {
         });
         let up_data = pattern(300_000, 7);
         let down_data = pattern(200_000, 99);
-        let (c_task, u_task) = {
-            let (up, down) = (up_data.clone(), down_data.clone());
-            let c = tokio::spawn(async move {
-                let (mut r, mut w) = tokio::io::split(client);
-                let writer = async {
-                    w.write_all(&up).await.unwrap();
-                    w.shutdown().await.unwrap();
-                };
-                let mut got = Vec::new();
-                let reader = r.read_to_end(&mut got);
-                let (_, n) = tokio::join!(writer, reader);
-                n.unwrap();
-                got
-            });
-            let u = tokio::spawn(async move {
-                let (mut r, mut w) = tokio::io::split(upstream);
-                let writer = async {
-                    w.write_all(&down).await.unwrap();
-                    w.shutdown().await.unwrap();
-                };
-                let mut got = Vec::new();
-                let reader = r.read_to_end(&mut got);
-                let (_, n) = tokio::join!(writer, reader);
-                n.unwrap();
-                got
-            });
-            (c, u)
-        };
+        let c_task = tokio::spawn(send_and_drain(client, up_data.clone()));
+        let u_task = tokio::spawn(send_and_drain(upstream, down_data.clone()));
         let at_upstream = u_task.await.unwrap();
         let at_client = c_task.await.unwrap();
         let report = tunnel.await.unwrap();
