@@ -57,6 +57,21 @@ enum Command {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+    /// Print a JWT signed with the config's HMAC secret, for trying a JWT route
+    Token {
+        /// The `sub` claim (the identity the gate forwards as X-Auth-User)
+        #[arg(long)]
+        sub: String,
+        /// Lifetime, e.g. 30m, 1h, 7d
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Extra claim KEY=VALUE (VALUE read as JSON when it parses, else a string); repeatable
+        #[arg(long = "claim", value_name = "KEY=VALUE")]
+        claims: Vec<String>,
+        /// The jwt authenticator to sign for (its name under auth:), when there are several
+        #[arg(long = "auth", value_name = "NAME")]
+        auth: Option<String>,
+    },
     /// Read a password from stdin and print an htpasswd line (bcrypt, or argon2id)
     HashPassword {
         /// User name for the htpasswd line (omit to print only the hash)
@@ -73,6 +88,12 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&cli.config),
         Some(Command::HashPassword { user, argon2 }) => hash_password(user, argon2),
+        Some(Command::Token {
+            sub,
+            ttl,
+            claims,
+            auth,
+        }) => token(&cli.config, &sub, ttl, &claims, auth.as_deref()),
         Some(Command::Healthcheck { admin }) => healthcheck(&cli.config, admin),
         None => serve(&cli.config),
     }
@@ -132,6 +153,33 @@ fn check(path: &std::path::Path) -> ExitCode {
                 println!("{e}");
             }
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(
+    path: &std::path::Path,
+    sub: &str,
+    ttl: std::time::Duration,
+    claims: &[String],
+    auth: Option<&str>,
+) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            print_errors(&errors);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    use wsgate::auth::mint;
+    match mint::signing_authenticator(&config, auth).and_then(|j| mint::mint(j, sub, ttl, claims)) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wsgate: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -634,6 +634,69 @@ fn hash_password_refuses_empty_password_and_bad_user() {
 }
 
 #[test]
+fn token_signs_for_the_configured_secret_and_refuses_what_it_cannot_sign() {
+    let files = Files::new();
+    let cfg = good_config(&files);
+    let token = |args: &[&str]| {
+        run(wsgate(files.dir.path())
+            .arg("token")
+            .arg("--config")
+            .arg(&cfg)
+            .args(args))
+    };
+    let out = token(&[
+        "--sub",
+        "alice",
+        "--ttl",
+        "10m",
+        "--claim",
+        "role=admin",
+        "--claim",
+        "n=3",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let jwt = stdout(&out).trim().to_string();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        &jwt,
+        &jsonwebtoken::DecodingKey::from_secret(JWT_SECRET.as_bytes()),
+        &validation,
+    )
+    .unwrap_or_else(|e| panic!("token {jwt:?} does not verify with the config's secret: {e}"))
+    .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["role"], "admin");
+    assert_eq!(claims["n"], 3);
+    let ttl = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(ttl, 600);
+
+    for (args, why) in [
+        (
+            &["--sub", "a", "--auth", "users"][..],
+            "not a jwt authenticator",
+        ),
+        (
+            &["--sub", "a", "--auth", "nope"][..],
+            "no authenticator named",
+        ),
+        (
+            &["--sub", "a", "--claim", "exp=1"][..],
+            "set by the command",
+        ),
+        (
+            &["--sub", "a", "--claim", "novalue"][..],
+            "expected key=value",
+        ),
+    ] {
+        let out = token(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stdout(&out));
+        assert!(stderr(&out).contains(why), "{args:?}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty(), "{args:?} printed a token");
+    }
+}
+
+#[test]
 fn version_and_help() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(wsgate(dir.path()).arg("--version"));

@@ -10,6 +10,7 @@ mod cache;
 mod htpasswd;
 mod jwt;
 mod limiter;
+pub mod mint;
 
 use std::sync::Arc;
 use std::time::SystemTime;
