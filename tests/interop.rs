@@ -167,6 +167,25 @@ fn need(path: &Path) {
     );
 }
 
+/// Node and the npm packages every interop test uses, plus `extra`; false = skip (see
+/// [`common::tools_available`]).
+fn ready<const N: usize>(test: &str, extra: [common::Tool<'static>; N]) -> bool {
+    let mut tools = common::node_tools();
+    tools.extend(extra);
+    common::tools_available(test, &tools)
+}
+
+/// The Python interpreter the interop tests run (`WSGATE_INTEROP_PYTHON` overrides the venv's).
+fn python_tool() -> common::Tool<'static> {
+    common::Tool::File(python_path())
+}
+
+fn python_path() -> PathBuf {
+    std::env::var_os("WSGATE_INTEROP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| interop_dir().join(".venv/bin/python"))
+}
+
 /// `node tests/interop/<script> args...`
 fn node(script: &str, args: &[&str]) -> Command {
     let dir = interop_dir();
@@ -178,9 +197,7 @@ fn node(script: &str, args: &[&str]) -> Command {
 
 /// The venv python made by install.sh (`WSGATE_INTEROP_PYTHON` overrides).
 fn python(script: &str, args: &[&str]) -> Command {
-    let py = std::env::var_os("WSGATE_INTEROP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| interop_dir().join(".venv/bin/python"));
+    let py = python_path();
     need(&py);
     let mut c = Command::new(py);
     c.current_dir(interop_dir())
@@ -458,6 +475,9 @@ fn hdr<'a>(conn: &'a Value, name: &str) -> &'a Value {
 
 #[test]
 fn node_ws_server_behind_basic_and_token_routes() {
+    if !ready("node_ws_server_behind_basic_and_token_routes", []) {
+        return;
+    }
     let logs = logs();
     let port = free_port();
     let ws_backend = backend(
@@ -613,6 +633,9 @@ fn node_ws_server_behind_basic_and_token_routes() {
 
 #[test]
 fn express_ws_app_and_router_routes() {
+    if !ready("express_ws_app_and_router_routes", []) {
+        return;
+    }
     let logs = logs();
     let port = free_port();
     let app = backend(
@@ -733,6 +756,9 @@ fn express_ws_app_and_router_routes() {
 
 #[test]
 fn socket_io_polling_then_websocket_with_query_token() {
+    if !ready("socket_io_polling_then_websocket_with_query_token", []) {
+        return;
+    }
     let logs = logs();
     let port = free_port();
     let sio = backend(
@@ -793,6 +819,9 @@ fn socket_io_polling_then_websocket_with_query_token() {
 
 #[test]
 fn socket_io_two_backends_sticky_by_client_ip() {
+    if !ready("socket_io_two_backends_sticky_by_client_ip", []) {
+        return;
+    }
     // One route, two Socket.IO backends, `balance: client_ip`: the polling requests and
     // the websocket upgrade of one client must all land on the same backend (Socket.IO's
     // polling sessions are per process, so a non-sticky pool fails with "Session ID unknown").
@@ -868,6 +897,12 @@ fn assert_echoed(r: &Value) {
 
 #[test]
 fn chromium_basic_challenge_token_and_wss() {
+    if !ready(
+        "chromium_basic_challenge_token_and_wss",
+        [common::Tool::File(PathBuf::from("/usr/bin/chromium"))],
+    ) {
+        return;
+    }
     let logs = logs();
     let port = free_port();
     let pages = backend(
@@ -979,6 +1014,12 @@ fn spki_of(dir: &Path) -> String {
 
 #[test]
 fn python_websockets_deflate_big_inflight_subprotocol_close_codes() {
+    if !ready(
+        "python_websockets_deflate_big_inflight_subprotocol_close_codes",
+        [python_tool()],
+    ) {
+        return;
+    }
     let logs = logs();
     let port = free_port();
     let server = backend(
@@ -1067,6 +1108,12 @@ fn gate_with_traffic(logs: &Path) -> (Proc, Gate, Ws) {
 
 #[test]
 fn promtool_check_metrics_passes() {
+    if !ready(
+        "promtool_check_metrics_passes",
+        [common::Tool::Program("promtool")],
+    ) {
+        return;
+    }
     let logs = logs();
     let (_b, gate, _open) = gate_with_traffic(logs.path());
     let text = gate.metrics();
@@ -1227,6 +1274,9 @@ fn promql_metric_names(expr: &str) -> Vec<String> {
 
 #[test]
 fn grafana_dashboard_uses_only_exported_metrics() {
+    if !ready("grafana_dashboard_uses_only_exported_metrics", []) {
+        return;
+    }
     assert_eq!(
         promql_metric_names(
             r#"histogram_quantile(0.95, sum by (le, route) (rate(a_bucket{route=~"$route"}[$__rate_interval]))) / on(route) group_left sum without (x) (b) > bool 2 or count(c_total offset 5m)"#
@@ -1258,6 +1308,12 @@ fn grafana_dashboard_uses_only_exported_metrics() {
 
 #[test]
 fn prometheus_server_scrapes_online_count() {
+    if !ready(
+        "prometheus_server_scrapes_online_count",
+        [common::Tool::Program("prometheus")],
+    ) {
+        return;
+    }
     let logs = logs();
     let (_b, gate, first) = gate_with_traffic(logs.path());
     let mut clients = vec![first];

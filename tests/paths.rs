@@ -605,6 +605,9 @@ async fn gate_for(backend: &Backend, extra: &str) -> Gate {
 
 #[tokio::test]
 async fn differential_express4_and_express_ws() {
+    if !tools_available("differential_express4_and_express_ws", &node_tools()) {
+        return;
+    }
     let backend = spawn_backend("express", node(&["paths_backend.js", "express"]), true).await;
     assert!(backend.folds_case);
     let gate = gate_for(&backend, "").await;
@@ -622,6 +625,9 @@ async fn differential_express4_and_express_ws() {
 
 #[tokio::test]
 async fn differential_node_whatwg_url() {
+    if !tools_available("differential_node_whatwg_url", &node_tools()) {
+        return;
+    }
     let backend = spawn_backend("node-url", node(&["paths_backend.js", "url"]), false).await;
     let gate = gate_for(&backend, "").await;
     let summary = check_table(&gate, &backend, false).await;
@@ -633,6 +639,9 @@ async fn differential_node_whatwg_url() {
 
 #[tokio::test]
 async fn differential_python_stdlib_http_server() {
+    if !tools_available("differential_python_stdlib_http_server", &python_tools()) {
+        return;
+    }
     let backend = spawn_backend(
         "python-stdlib",
         python(&["paths_backend.py", "stdlib"]),
@@ -649,6 +658,9 @@ async fn differential_python_stdlib_http_server() {
 
 #[tokio::test]
 async fn differential_python_websockets() {
+    if !tools_available("differential_python_websockets", &python_tools()) {
+        return;
+    }
     let backend = spawn_backend(
         "python-websockets",
         python(&["paths_backend.py", "websockets"]),

@@ -10,4 +10,6 @@ elif ! command -v promtool >/dev/null 2>&1; then
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+# Every test that needs an installed tool fails (instead of skipping) when it is missing.
+export WSGATE_REQUIRE_TOOLS=1
 cargo test --locked -- --test-threads="${WSGATE_TEST_THREADS:-4}"

@@ -544,3 +544,62 @@ pub async fn tls_echo_upstream_pem(chain_pem: &str, key_pem: &str) -> SocketAddr
     });
     addr
 }
+
+/// Something outside Cargo a test runs: a program on `PATH` or an installed file.
+pub enum Tool<'a> {
+    /// A program looked up on `PATH` (`node`, `promtool`).
+    Program(&'a str),
+    /// A file installed by `tests/interop/install.sh` (node_modules, the Python venv, chromium).
+    File(PathBuf),
+}
+
+/// Whether every tool `test` needs is installed. When one is missing, `tests/run.sh` (which
+/// installs them and sets `WSGATE_REQUIRE_TOOLS=1`) fails the test; a bare `cargo test` skips it
+/// with a line on the terminal naming what is missing, so a fresh machine without Node or
+/// Chromium gets a clear message instead of a cryptic spawn error.
+pub fn tools_available(test: &str, tools: &[Tool<'_>]) -> bool {
+    use std::io::Write as _;
+    let missing: Vec<String> = tools
+        .iter()
+        .filter_map(|t| match t {
+            Tool::Program(name) => (!on_path(name)).then(|| format!("`{name}` on PATH")),
+            Tool::File(path) => (!path.exists()).then(|| path.display().to_string()),
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let what = missing.join(", ");
+    if std::env::var_os("WSGATE_REQUIRE_TOOLS").is_some_and(|v| v == "1") {
+        panic!("{test}: missing {what}: run tests/interop/install.sh (tests/run.sh does)");
+    }
+    // Straight to the terminal: the test harness captures print!/eprint! of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: missing {what} (tests/run.sh installs it and runs every test)"
+    );
+    false
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// The interop suite's install directory (node_modules, the Python venv, the scripts).
+pub fn interop_tools_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// Node with the interop suite's npm packages.
+pub fn node_tools() -> Vec<Tool<'static>> {
+    vec![
+        Tool::Program("node"),
+        Tool::File(interop_tools_dir().join("node_modules/ws")),
+    ]
+}
+
+/// The interop suite's Python venv (websockets).
+pub fn python_tools() -> Vec<Tool<'static>> {
+    vec![Tool::File(interop_tools_dir().join(".venv/bin/python"))]
+}
