@@ -28,6 +28,7 @@ pub mod admin;
 pub mod auth;
 pub mod balance;
 pub mod config;
+pub mod drain;
 pub mod forwarded;
 pub mod headers;
 pub mod limits;
@@ -244,29 +245,14 @@ impl Gateway {
         ));
 
         shutdown.await;
-        let drain = self.state.load().config.shutdown.drain_timeout;
+        let deadline = self.state.load().config.shutdown.drain_timeout;
         let open = self.shared.tracker.len();
-        tracing::info!(open_connections = open, drain_timeout = ?drain, "draining");
+        tracing::info!(open_connections = open, drain_timeout = ?deadline, "draining");
         self.shared.draining.cancel();
         for l in loops {
             let _ = l.await;
         }
-        self.shared.tracker.close();
-        if tokio::time::timeout(drain, self.shared.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::info!(
-                open_connections = self.shared.tracker.len(),
-                "drain deadline reached, closing the remaining connections"
-            );
-            self.shared
-                .registry
-                .stop_all(registry::StopReason::Shutdown);
-            // Tunnels stop at once on hard_stop; bound the wait in case a peer stalls
-            // our final writes.
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.shared.tracker.wait()).await;
-        }
+        drain::drain(&self.shared.tracker, &self.shared.registry, deadline).await;
         sweeper.abort();
         pruner.abort();
         admin_stop.cancel();
