@@ -44,7 +44,10 @@ pub const NO_ROUTE: &str = "unmatched";
 pub enum Outcome {
     /// 101 relayed to the client.
     Upgraded,
-    /// Missing or bad credentials.
+    /// No credentials on a route that accepts Basic: answered with the Basic challenge, the
+    /// normal first round-trip of a browser's Basic login, so not an auth failure.
+    Challenged,
+    /// Credentials judged and refused, or none on a route without Basic.
     Unauthorized,
     /// Refused by policy (e.g. origin).
     Forbidden,
@@ -64,8 +67,9 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, so each route exports all of them from the start.
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Upgraded,
+        Outcome::Challenged,
         Outcome::Unauthorized,
         Outcome::Forbidden,
         Outcome::NotFound,
@@ -80,6 +84,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Upgraded => "upgraded",
+            Outcome::Challenged => "challenged",
             Outcome::Unauthorized => "unauthorized",
             Outcome::Forbidden => "forbidden",
             Outcome::NotFound => "not_found",

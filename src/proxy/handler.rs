@@ -225,15 +225,7 @@ impl Handler {
                 Err(AuthFailure::TooMany) => {
                     return (label, Err(Refusal::TooManyRequests { retry_after: 1 }));
                 }
-                Err(failure) => {
-                    route.metrics.auth_failure(failure.reason());
-                    return (
-                        label,
-                        Err(Refusal::Unauthorized {
-                            challenge: route.auth.challenge(),
-                        }),
-                    );
-                }
+                Err(failure) => return (label, Err(auth_refusal(&route, failure))),
             }
         };
         let result = if upgrade {
@@ -540,6 +532,19 @@ impl Handler {
 
 /// `uri` with its path replaced by the canonical one; scheme and authority (absolute-form,
 /// HTTP/2) and the query are kept.
+/// The 401 for a failed auth check, counted. A request with no credential at all on a route
+/// that accepts Basic gets the challenge browsers wait for before sending `user:pass`: that
+/// round-trip is normal traffic, so it is `challenged` and not an auth failure.
+fn auth_refusal(route: &Route, failure: AuthFailure) -> Refusal {
+    match (failure, route.auth.challenge()) {
+        (AuthFailure::Missing, Some(challenge)) => Refusal::Challenged { challenge },
+        (failure, challenge) => {
+            route.metrics.auth_failure(failure.reason());
+            Refusal::Unauthorized { challenge }
+        }
+    }
+}
+
 fn canonical_uri(uri: &Uri, path: &crate::path::CanonicalPath) -> Option<Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(crate::path::with_query(path, uri.query()).parse().ok()?);
