@@ -47,6 +47,8 @@ pub struct ClientConn {
 pub struct ConnPermits {
     /// One of `limits.max_connections`.
     pub connection: OwnedSemaphorePermit,
+    /// This connection in `wsgate_client_connections_open`, for exactly as long as the slot.
+    pub open: crate::metrics::OpenConnection,
     /// One of the client's `limits.max_connections_per_ip`, taken at accept; `None` when the
     /// peer is a trusted proxy, whose connection carries many clients: each upgrade then
     /// takes one for the client it names, held by the tunnel.
