@@ -30,6 +30,7 @@ pub mod balance;
 pub mod config;
 pub mod forwarded;
 pub mod headers;
+pub mod healthcheck;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
