@@ -78,13 +78,9 @@ async fn run(
             let body = resp
                 .body()
                 .as_ref()
-                .map(|b| String::from_utf8_lossy(b).to_string());
-            return Err(format!(
-                "refused: HTTP {} {}",
-                resp.status(),
-                body.unwrap_or_default().trim()
-            )
-            .into());
+                .map(|b| String::from_utf8_lossy(b).to_string())
+                .unwrap_or_default();
+            return Err(refusal(resp.status(), &body).into());
         }
         Err(e) => return Err(e.into()),
     };
@@ -98,4 +94,50 @@ async fn run(
     }
     ws.close(None).await?;
     Ok(())
+}
+
+/// `refused: HTTP 401 Unauthorized`, plus what the body adds to the status line: wsgate's
+/// bodies repeat it (`401 Unauthorized`), sometimes with a reason (`400 Bad Request: why`).
+fn refusal(status: http::StatusCode, body: &str) -> String {
+    let body = body.trim();
+    let status_text = status.to_string();
+    let extra = body
+        .strip_prefix(status_text.as_str())
+        .unwrap_or(body)
+        .trim();
+    let extra = extra.strip_prefix(':').unwrap_or(extra).trim();
+    if extra.is_empty() {
+        format!("refused: HTTP {status_text}")
+    } else {
+        format!("refused: HTTP {status_text}: {extra}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal;
+    use http::StatusCode;
+
+    #[test]
+    fn status_once_then_what_the_body_adds() {
+        assert_eq!(
+            refusal(StatusCode::UNAUTHORIZED, "401 Unauthorized\n"),
+            "refused: HTTP 401 Unauthorized"
+        );
+        assert_eq!(
+            refusal(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: missing or invalid Sec-WebSocket-Key\n"
+            ),
+            "refused: HTTP 400 Bad Request: missing or invalid Sec-WebSocket-Key"
+        );
+        assert_eq!(
+            refusal(StatusCode::FORBIDDEN, "go away"),
+            "refused: HTTP 403 Forbidden: go away"
+        );
+        assert_eq!(
+            refusal(StatusCode::BAD_GATEWAY, ""),
+            "refused: HTTP 502 Bad Gateway"
+        );
+    }
 }

@@ -12,6 +12,7 @@
 //!          (client address, X-Forwarded-For, Forwarded), headers (underscore twins, Host,
 //!          the upstream's 101), limits (per-IP counters)
 //!  path: the canonical request path; handler routes on it and forwards exactly it
+//!  healthcheck: the `wsgate healthcheck` probe (a client of the above, run as its own process)
 //! ```
 //!
 //! [`Gateway::bind`] builds everything and binds the sockets; [`Gateway::run`] serves until
@@ -31,6 +32,7 @@ pub mod config;
 pub mod drain;
 pub mod forwarded;
 pub mod headers;
+pub mod healthcheck;
 pub mod limits;
 pub mod listener;
 pub mod metrics;

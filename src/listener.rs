@@ -135,6 +135,8 @@ async fn handle_connection(
     connection: OwnedSemaphorePermit,
     pending: OwnedSemaphorePermit,
 ) {
+    // Counted from here on every path out, like the slot it mirrors.
+    let open = shared.metrics.client_connection_opened();
     let _ = stream.set_nodelay(true);
     let timeouts = runtime.config.timeouts.clone();
     let Some(listener) = runtime.config.listeners.get(index) else {
@@ -189,6 +191,7 @@ async fn handle_connection(
     };
     let permits = ConnPermits {
         connection,
+        open,
         ip_slot,
         pending: Mutex::new(Some(pending)),
     };

@@ -51,11 +51,18 @@ enum LogFormat {
 enum Command {
     /// Validate the config and the files it names, without binding any port
     Check,
-    /// Probe the admin listener's /healthz (for container health checks); exit 0 when healthy
+    /// Probe the running gate (for container health checks); exit 0 when healthy, else 1
     Healthcheck {
-        /// Admin address to probe [default: admin.bind from the config]
-        #[arg(long)]
-        admin: Option<std::net::SocketAddr>,
+        /// Address to probe without reading the config: IP:PORT over HTTP (admin or plain
+        /// listener), https://IP:PORT with a TLS handshake [default: the config's admin.bind,
+        /// else its first listener]
+        #[arg(
+            long,
+            visible_alias = "admin",
+            env = "WSGATE_HEALTHCHECK_ADDR",
+            value_name = "[https://]ADDR"
+        )]
+        addr: Option<String>,
     },
     /// Print a JWT signed with the config's HMAC secret, for trying a JWT route
     Token {
@@ -94,7 +101,7 @@ fn main() -> ExitCode {
             claims,
             auth,
         }) => token(&cli.config, &sub, ttl, &claims, auth.as_deref()),
-        Some(Command::Healthcheck { admin }) => healthcheck(&cli.config, admin),
+        Some(Command::Healthcheck { addr }) => healthcheck(&cli.config, addr.as_deref()),
         None => serve(&cli.config),
     }
 }
@@ -184,55 +191,16 @@ fn token(
     }
 }
 
-fn healthcheck(path: &std::path::Path, admin: Option<std::net::SocketAddr>) -> ExitCode {
-    use std::io::Read;
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-    use std::time::Duration;
-    let addr = match admin {
-        Some(a) => a,
-        None => match load(path) {
-            Ok(cfg) => match cfg.admin {
-                Some(a) => a.bind,
-                None => {
-                    eprintln!("wsgate: the config has no admin listener to probe");
-                    return ExitCode::FAILURE;
-                }
-            },
-            Err(errors) => {
-                print_errors(&errors);
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        },
-    };
-    // A wildcard bind is reachable on loopback.
-    let addr = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
-        }
-        _ => addr,
-    };
-    let probe = || -> std::io::Result<String> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-        let mut out = String::new();
-        s.take(4096).read_to_string(&mut out)?;
-        Ok(out)
-    };
-    match probe() {
-        Ok(resp) if resp.starts_with("HTTP/1.1 200") => {
+/// Exit 1 for every failure, config problems included: Docker reads 1 as unhealthy and
+/// reserves 2.
+fn healthcheck(path: &std::path::Path, addr: Option<&str>) -> ExitCode {
+    match wsgate::healthcheck::check(path, addr) {
+        Ok(_) => {
             println!("healthy");
             ExitCode::SUCCESS
         }
-        Ok(resp) => {
-            eprintln!("wsgate: unhealthy: {}", resp.lines().next().unwrap_or(""));
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("wsgate: cannot reach {addr}: {e}");
+        Err(why) => {
+            eprintln!("wsgate: unhealthy: {why}");
             ExitCode::FAILURE
         }
     }

@@ -33,8 +33,11 @@ pub const BUILD_INFO: &str = "wsgate_build_info";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "wsgate_config_last_reload_success_timestamp_seconds";
 /// `notAfter` of each TLS listener's leaf certificate, unix seconds, per listener and subject.
 pub const TLS_CERTIFICATE_EXPIRY: &str = "wsgate_tls_certificate_expiry_timestamp_seconds";
-/// The configured `limits.max_connections`, so alerts can compare the active count to it.
+/// The configured `limits.max_connections`, so alerts can compare the open count to it.
 pub const CONNECTIONS_MAX: &str = "wsgate_connections_max";
+/// Accepted client connections not yet closed: each holds one of `limits.max_connections`
+/// (handshakes in progress and keep-alive HTTP connections as well as spliced tunnels).
+pub const CLIENT_CONNECTIONS_OPEN: &str = "wsgate_client_connections_open";
 
 /// The `route` label used when no route matched.
 pub const NO_ROUTE: &str = "unmatched";
@@ -44,7 +47,10 @@ pub const NO_ROUTE: &str = "unmatched";
 pub enum Outcome {
     /// 101 relayed to the client.
     Upgraded,
-    /// Missing or bad credentials.
+    /// No credentials on a route that accepts Basic: answered with the Basic challenge, the
+    /// normal first round-trip of a browser's Basic login, so not an auth failure.
+    Challenged,
+    /// Credentials judged and refused, or none on a route without Basic.
     Unauthorized,
     /// Refused by policy (e.g. origin).
     Forbidden,
@@ -64,8 +70,9 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, so each route exports all of them from the start.
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Upgraded,
+        Outcome::Challenged,
         Outcome::Unauthorized,
         Outcome::Forbidden,
         Outcome::NotFound,
@@ -80,6 +87,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Upgraded => "upgraded",
+            Outcome::Challenged => "challenged",
             Outcome::Unauthorized => "unauthorized",
             Outcome::Forbidden => "forbidden",
             Outcome::NotFound => "not_found",
@@ -107,6 +115,7 @@ pub struct Metrics {
     config_last_reload_success: Gauge,
     tls_certificate_expiry: IntGaugeVec,
     connections_max: IntGauge,
+    client_connections_open: IntGauge,
     /// Listener → subject of its exported expiry series, to drop the series a renewed
     /// certificate with another subject leaves behind.
     cert_subjects: Arc<Mutex<HashMap<String, String>>>,
@@ -211,6 +220,11 @@ impl Metrics {
             CONNECTIONS_MAX,
             "Configured limits.max_connections (gateway-wide cap on client connections).",
         )?;
+        let client_connections_open = IntGauge::new(
+            CLIENT_CONNECTIONS_OPEN,
+            "Accepted client connections not yet closed (each holds a max_connections slot).",
+        )?;
+        registry.register(Box::new(client_connections_open.clone()))?;
         registry.register(Box::new(config_reloads_total.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
@@ -238,6 +252,7 @@ impl Metrics {
             config_last_reload_success,
             tls_certificate_expiry,
             connections_max,
+            client_connections_open,
             cert_subjects: Arc::default(),
         })
     }
@@ -312,6 +327,12 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a client connection as open until the returned guard is dropped.
+    pub fn client_connection_opened(&self) -> OpenConnection {
+        self.client_connections_open.inc();
+        OpenConnection(self.client_connections_open.clone())
+    }
+
     /// Counts a configuration reload.
     pub fn reload(&self, ok: bool) {
         self.config_reloads_total
@@ -328,6 +349,17 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// One open client connection in `wsgate_client_connections_open`; counted out on drop, so
+/// every path that ends a connection (refusal, error, tunnel close, drain) is covered.
+#[derive(Debug)]
+pub struct OpenConnection(IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -409,6 +441,13 @@ mod tests {
         );
         let text = String::from_utf8(m.render()).unwrap();
         assert!(text.contains("wsgate_connections_max 7"));
+        assert!(text.contains("wsgate_client_connections_open 0"));
+        let (a, b) = (m.client_connection_opened(), m.client_connection_opened());
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("wsgate_client_connections_open 2"));
+        drop((a, b));
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("wsgate_client_connections_open 0"));
         assert!(text.contains(
             "wsgate_tls_certificate_expiry_timestamp_seconds{listener=\"0.0.0.0:443\",subject=\"a.example\"} 100"
         ));

@@ -288,6 +288,30 @@ async fn metrics_names_and_active_gauge() {
     );
 }
 
+/// Every accepted client connection holds one of `limits.max_connections` from accept to
+/// close, upgraded or not: the gauge the near-limit alert compares with the cap.
+#[tokio::test]
+async fn client_connections_open_counts_every_held_connection() {
+    let echo = echo_upstream().await;
+    let gate = start_gate(Files::new(), &config(&[("/ws", echo.addr)], "")).await;
+    let series = "wsgate_client_connections_open";
+    assert_eq!(gate.metric(series).await, 0.0);
+
+    // A connection that has sent nothing yet (a handshake in progress) holds a slot.
+    let idle = TcpStream::connect(gate.addr()).await.unwrap();
+    assert_eq!(wait_metric(&gate, series, 1.0).await, 1.0);
+    // A spliced tunnel too, until it closes.
+    let ws = open(&gate, "/ws").await;
+    assert_eq!(wait_metric(&gate, series, 2.0).await, 2.0);
+    assert_eq!(gate.metric(&active("/ws")).await, 1.0);
+    drop(idle);
+    assert_eq!(wait_metric(&gate, series, 1.0).await, 1.0);
+    close(ws).await;
+    assert_eq!(wait_metric(&gate, series, 0.0).await, 0.0);
+    // The admin listener's own connections (these scrapes) are not client connections.
+    assert_eq!(gate.metric(series).await, 0.0);
+}
+
 #[tokio::test]
 async fn metrics_pass_promtool_check() {
     let promtool = Path::new("/usr/bin/promtool");
@@ -319,7 +343,7 @@ async fn metrics_pass_promtool_check() {
 
     let text = gate.metrics().await;
     for series in [
-        "wsgate_auth_failures_total{reason=\"missing\",route=\"/private\"}",
+        "wsgate_handshakes_total{outcome=\"challenged\",route=\"/private\"}",
         "wsgate_auth_failures_total{reason=\"bad_credentials\",route=\"/private\"}",
         "wsgate_handshakes_total{outcome=\"unauthorized\",route=\"/private\"}",
         "wsgate_handshakes_total{outcome=\"upgraded\",route=\"/ws\"}",
@@ -718,7 +742,7 @@ fn alert_rules_pass_promtool_check() {
         "wsgate_tls_certificate_expiry_timestamp_seconds",
         "wsgate_config_reloads_total",
         "wsgate_handshakes_total",
-        "wsgate_connections_active",
+        "wsgate_client_connections_open",
         "wsgate_connections_max",
     ] {
         assert!(text.contains(name), "alerts.yml does not use {name}");

@@ -191,11 +191,13 @@ async fn basic_refusals_are_401_with_challenge_and_counted() {
     assert_eq!(status, 401);
 
     assert_eq!(up.count(), 0, "the upstream saw a refused request");
-    assert_eq!(auth_failures(&gate, "/basic", "missing").await, 1.0);
+    // The credential-less attempt is a challenge, not a failure (see the test below).
+    assert_eq!(auth_failures(&gate, "/basic", "missing").await, 0.0);
     assert_eq!(auth_failures(&gate, "/basic", "bad_credentials").await, 3.0);
     assert_eq!(auth_failures(&gate, "/basic", "malformed").await, 2.0);
-    assert_eq!(all_auth_failures(&gate, "/basic").await, 6.0);
-    assert_eq!(handshakes(&gate, "/basic", "unauthorized").await, 6.0);
+    assert_eq!(all_auth_failures(&gate, "/basic").await, 5.0);
+    assert_eq!(handshakes(&gate, "/basic", "unauthorized").await, 5.0);
+    assert_eq!(handshakes(&gate, "/basic", "challenged").await, 1.0);
     assert_eq!(handshakes(&gate, "/basic", "upgraded").await, 0.0);
 
     // And the right credentials still work afterwards.
@@ -391,6 +393,48 @@ async fn jwt_issuer_and_audience_are_enforced() {
 // Several authenticators
 // ---------------------------------------------------------------------------------------
 
+/// A browser's Basic login always starts with a credential-less attempt answered by the
+/// challenge: that is `challenged`, so a 401-rate alert on `unauthorized` sees only
+/// credentials that were judged and refused. A route without Basic has no challenge to
+/// give, so its credential-less attempt stays `unauthorized` + `missing`.
+#[tokio::test]
+async fn challenge_round_trip_is_its_own_outcome() {
+    let up = echo_upstream().await;
+    let gate = gate_for(up.addr).await;
+
+    // Every route exports the outcome at zero from the start.
+    for route in ["/open", "/basic", "/jwt", "/both"] {
+        assert_eq!(handshakes(&gate, route, "challenged").await, 0.0, "{route}");
+    }
+
+    // Basic route, no credentials: the challenge, counted as such and nothing else.
+    let (status, head) = upgrade(&gate, "/basic", &[]).await;
+    assert_eq!(status, 401, "{head}");
+    assert_challenge(&head, "testrealm");
+    assert_closes(&head);
+    assert_eq!(handshakes(&gate, "/basic", "challenged").await, 1.0);
+    assert_eq!(handshakes(&gate, "/basic", "unauthorized").await, 0.0);
+    assert_eq!(all_auth_failures(&gate, "/basic").await, 0.0);
+
+    // The browser's retry with a wrong password: judged and refused.
+    let wrong = basic("alice", "not-the-password");
+    let (status, head) = upgrade(&gate, "/basic", &[("Authorization", &wrong)]).await;
+    assert_eq!(status, 401, "{head}");
+    assert_challenge(&head, "testrealm");
+    assert_eq!(handshakes(&gate, "/basic", "unauthorized").await, 1.0);
+    assert_eq!(handshakes(&gate, "/basic", "challenged").await, 1.0);
+    assert_eq!(auth_failures(&gate, "/basic", "bad_credentials").await, 1.0);
+
+    // JWT-only route, no token: no challenge to give, so unauthorized + missing.
+    let (status, head) = upgrade(&gate, "/jwt", &[]).await;
+    assert_eq!(status, 401, "{head}");
+    assert_eq!(head_header(&head, "www-authenticate"), None);
+    assert_eq!(handshakes(&gate, "/jwt", "unauthorized").await, 1.0);
+    assert_eq!(handshakes(&gate, "/jwt", "challenged").await, 0.0);
+    assert_eq!(auth_failures(&gate, "/jwt", "missing").await, 1.0);
+    assert_eq!(up.count(), 0);
+}
+
 #[tokio::test]
 async fn mixed_route_reports_the_judged_failure() {
     let up = echo_upstream().await;
@@ -405,13 +449,14 @@ async fn mixed_route_reports_the_judged_failure() {
     assert_eq!(auth_failures(&gate, "/both", "expired").await, 1.0);
     assert_eq!(auth_failures(&gate, "/both", "missing").await, 0.0);
 
-    // Nothing at all: missing, still with the challenge.
+    // Nothing at all: the route accepts Basic, so this is the browser's challenge round-trip.
     let (status, head) = upgrade(&gate, "/both", &[]).await;
     assert_eq!(status, 401);
     assert_challenge(&head, "testrealm");
-    assert_eq!(auth_failures(&gate, "/both", "missing").await, 1.0);
+    assert_eq!(auth_failures(&gate, "/both", "missing").await, 0.0);
     assert_eq!(up.count(), 0);
-    assert_eq!(handshakes(&gate, "/both", "unauthorized").await, 2.0);
+    assert_eq!(handshakes(&gate, "/both", "unauthorized").await, 1.0);
+    assert_eq!(handshakes(&gate, "/both", "challenged").await, 1.0);
 
     // Basic admits.
     let auth = basic("alice", ALICE_PW);
@@ -524,9 +569,10 @@ async fn plain_http_on_authenticated_route_needs_credentials() {
     assert_eq!(status, 401, "{head}");
     assert_challenge(&head, "testrealm");
     assert_eq!(up.count(), 0, "unauthenticated plain request was proxied");
-    assert_eq!(auth_failures(&gate, "/basic", "missing").await, 1.0);
-    // Not an upgrade: no handshake outcome.
+    // A challenge, not an auth failure; and not an upgrade: no handshake outcome.
+    assert_eq!(auth_failures(&gate, "/basic", "missing").await, 0.0);
     assert_eq!(handshakes(&gate, "/basic", "unauthorized").await, 0.0);
+    assert_eq!(handshakes(&gate, "/basic", "challenged").await, 0.0);
 
     let auth = basic("alice", ALICE_PW);
     let (status, head, body) = http_request(

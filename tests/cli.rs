@@ -972,3 +972,172 @@ async fn sighup_reloads_routes_and_keeps_old_config_on_error() {
     assert!(!log.contains(&token), "token logged:\n{log}");
     assert!(!log.contains(&expired), "token logged:\n{log}");
 }
+
+// ---------------------------------------------------------------------------------------
+// healthcheck
+// ---------------------------------------------------------------------------------------
+
+/// `wsgate healthcheck` against `cfg`, with `WSGATE_HEALTHCHECK_ADDR` set when `addr` is given
+/// (the Dockerfile's form) and unset otherwise.
+fn healthcheck(dir: &Path, cfg: &Path, addr: Option<&str>) -> Output {
+    let mut cmd = wsgate(dir);
+    cmd.env_remove("WSGATE_HEALTHCHECK_ADDR")
+        .env("WSGATE_CONFIG", cfg)
+        .arg("healthcheck");
+    if let Some(a) = addr {
+        cmd.env("WSGATE_HEALTHCHECK_ADDR", a);
+    }
+    run(&mut cmd)
+}
+
+fn assert_healthy(o: &Output, what: &str) {
+    assert!(
+        o.status.success() && stdout(o).trim() == "healthy",
+        "{what}: expected healthy, got {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+}
+
+fn assert_unhealthy(o: &Output, what: &str) {
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{what}: expected exit 1\nstdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Waits until `addr` accepts TCP connections (a gate without an admin listener).
+async fn wait_listening(gate: &mut Proc, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(s) = gate.child.try_wait().unwrap() {
+            panic!("wsgate exited early ({s}):\n{}", gate.log());
+        }
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("wsgate never listened on {addr}:\n{}", gate.log());
+}
+
+/// The Docker image's health check must not depend on the config file: the Dockerfile
+/// gives the address in the environment and the HEALTHCHECK runs the bare subcommand.
+#[test]
+fn dockerfile_healthcheck_does_not_need_the_config() {
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile
+            .lines()
+            .any(|l| l.trim_start().starts_with("ENV WSGATE_HEALTHCHECK_ADDR=")),
+        "Dockerfile sets no WSGATE_HEALTHCHECK_ADDR:\n{dockerfile}"
+    );
+    assert!(
+        dockerfile.contains(r#"CMD ["/usr/local/bin/wsgate", "healthcheck"]"#),
+        "{dockerfile}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_with_admin_survives_config_edits_and_fails_once_stopped() {
+    let up = echo_upstream().await;
+    let files = Files::new();
+    let (listen, admin) = (free_port(), free_port());
+    let cfg = files.write("cfg.yaml", &serve_yaml(listen, admin, up.addr, "1s", ""));
+    let mut gate = Proc::spawn(
+        files.dir.path(),
+        &["--config", cfg.to_str().unwrap()],
+        "info",
+    );
+    gate.wait_healthy(addr(admin)).await;
+    let dir = files.dir.path();
+    let docker = addr(admin).to_string();
+
+    assert_healthy(&healthcheck(dir, &cfg, None), "admin from the config");
+    assert_healthy(&healthcheck(dir, &cfg, Some(&docker)), "Docker form");
+    // An empty variable (`-e WSGATE_HEALTHCHECK_ADDR=`) means: use the config.
+    assert_healthy(&healthcheck(dir, &cfg, Some("")), "empty variable");
+
+    // Someone is editing the mounted config: the gate still runs on the old one.
+    std::fs::write(
+        &cfg,
+        "listeners: [ {bind: \"127.0.0.1:\n  garbage ::: {{{\n",
+    )
+    .unwrap();
+    assert_healthy(
+        &healthcheck(dir, &cfg, Some(&docker)),
+        "Docker form, garbage config",
+    );
+    std::fs::remove_file(&cfg).unwrap();
+    assert_healthy(
+        &healthcheck(dir, &cfg, Some(&docker)),
+        "Docker form, config removed",
+    );
+
+    gate.signal("TERM");
+    gate.wait_exit(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("gate did not exit:\n{}", gate.log()));
+    assert_unhealthy(
+        &healthcheck(dir, &cfg, Some(&docker)),
+        "Docker form, gate stopped",
+    );
+    std::fs::write(&cfg, serve_yaml(listen, admin, up.addr, "1s", "")).unwrap();
+    assert_unhealthy(&healthcheck(dir, &cfg, None), "config form, gate stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_without_admin_probes_the_first_listener() {
+    let up = echo_upstream().await;
+    let files = Files::new();
+    files.cert("tls");
+    let (plain, tls) = (free_port(), free_port());
+    let routes = format!("routes:\n  - path: /a\n    upstream: ws://{}\n", up.addr);
+    let plain_cfg = files.write(
+        "plain.yaml",
+        &format!("listeners:\n  - bind: \"127.0.0.1:{plain}\"\n{routes}"),
+    );
+    let tls_cfg = files.write(
+        "tls.yaml",
+        &format!(
+            "listeners:\n  - bind: \"127.0.0.1:{tls}\"\n    tls:\n      cert: tls.crt\n      key: tls.key\n{routes}"
+        ),
+    );
+    let dir = files.dir.path();
+    let mut plain_gate = Proc::spawn(dir, &["--config", plain_cfg.to_str().unwrap()], "info");
+    let mut tls_gate = Proc::spawn(dir, &["--config", tls_cfg.to_str().unwrap()], "info");
+    wait_listening(&mut plain_gate, addr(plain)).await;
+    wait_listening(&mut tls_gate, addr(tls)).await;
+
+    assert_healthy(&healthcheck(dir, &plain_cfg, None), "plain listener");
+    assert_healthy(&healthcheck(dir, &tls_cfg, None), "TLS listener");
+    // The Docker form pointed at a listener instead of an admin listener.
+    let plain_addr = addr(plain).to_string();
+    let tls_url = format!("https://{}", addr(tls));
+    assert_healthy(
+        &healthcheck(dir, &plain_cfg, Some(&plain_addr)),
+        "plain, env",
+    );
+    assert_healthy(&healthcheck(dir, &tls_cfg, Some(&tls_url)), "TLS, env");
+    // The probe never reached an upstream (it is answered by the gate itself).
+    assert_eq!(up.count(), 0);
+
+    plain_gate.signal("TERM");
+    tls_gate.signal("TERM");
+    for g in [&mut plain_gate, &mut tls_gate] {
+        g.wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("gate did not exit:\n{}", g.log()));
+    }
+    assert_unhealthy(&healthcheck(dir, &plain_cfg, None), "plain, stopped");
+    assert_unhealthy(&healthcheck(dir, &tls_cfg, None), "TLS, stopped");
+    assert_unhealthy(
+        &healthcheck(dir, &tls_cfg, Some(&tls_url)),
+        "TLS env, stopped",
+    );
+}

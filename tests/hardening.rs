@@ -405,6 +405,37 @@ async fn oversized_head_is_431(kib: usize) {
     echo_roundtrip(&mut ws, "normal client").await;
 }
 
+/// HTTP/2 is not served yet: a client with prior knowledge (h2c) sending the connection
+/// preface to a plain listener gets a prompt refusal or a close, never a hang, and the
+/// gateway goes on serving.
+#[tokio::test]
+async fn h2c_prior_knowledge_preface_is_refused_promptly() {
+    let echo = echo_upstream().await;
+    let gate = start_gate(Files::new(), &config(&route("/ws", echo.addr), "")).await;
+    let mut s = TcpStream::connect(gate.addr()).await.unwrap();
+    // The preface, then an empty SETTINGS frame, as an h2c client sends them.
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    s.write_all(&preface).await.unwrap();
+    let mut buf = Vec::new();
+    let started = Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "no answer and no close after {:?}; got {:?}",
+        started.elapsed(),
+        String::from_utf8_lossy(&buf)
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        buf.is_empty() || text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.1 505"),
+        "unexpected answer to the h2 preface: {text:?}"
+    );
+    assert_eq!(echo.count(), 0);
+    let (mut ws, _) = ws_connect(&gate.ws_url("/ws"), &[]).await.unwrap();
+    echo_roundtrip(&mut ws, "after h2c").await;
+}
+
 /// Far over the limit: refused.
 #[tokio::test]
 async fn huge_request_head_is_431() {

@@ -945,8 +945,17 @@ fn chromium_basic_challenge_token_and_wss() {
         "wsgate_handshakes_total",
         &[("route", "/basic"), ("outcome", "unauthorized")],
     );
-    // wrong: the bare attempt + the retry with bad credentials; ok: the bare attempt.
-    assert!(unauth >= 3.0, "unauthorized handshakes on /basic: {unauth}");
+    let challenged = gate.metric(
+        "wsgate_handshakes_total",
+        &[("route", "/basic"), ("outcome", "challenged")],
+    );
+    // The bare attempts (wrong and ok) get the challenge; the retry with bad credentials is
+    // the one judged and refused.
+    assert!(
+        challenged >= 2.0,
+        "challenged handshakes on /basic: {challenged}"
+    );
+    assert!(unauth >= 1.0, "unauthorized handshakes on /basic: {unauth}");
     let badcred = gate.metric(
         "wsgate_auth_failures_total",
         &[("route", "/basic"), ("reason", "bad_credentials")],

@@ -7,7 +7,7 @@
 //! loaded by a later stage.
 
 mod duration;
-mod env;
+pub(crate) mod env;
 mod jwt_rules;
 mod parse;
 mod types;

@@ -47,6 +47,8 @@ pub struct ClientConn {
 pub struct ConnPermits {
     /// One of `limits.max_connections`.
     pub connection: OwnedSemaphorePermit,
+    /// This connection in `wsgate_client_connections_open`, for exactly as long as the slot.
+    pub open: crate::metrics::OpenConnection,
     /// One of the client's `limits.max_connections_per_ip`, taken at accept; `None` when the
     /// peer is a trusted proxy, whose connection carries many clients: each upgrade then
     /// takes one for the client it names, held by the tunnel.
@@ -225,15 +227,7 @@ impl Handler {
                 Err(AuthFailure::TooMany) => {
                     return (label, Err(Refusal::TooManyRequests { retry_after: 1 }));
                 }
-                Err(failure) => {
-                    route.metrics.auth_failure(failure.reason());
-                    return (
-                        label,
-                        Err(Refusal::Unauthorized {
-                            challenge: route.auth.challenge(),
-                        }),
-                    );
-                }
+                Err(failure) => return (label, Err(auth_refusal(&route, failure))),
             }
         };
         let result = if upgrade {
@@ -540,6 +534,19 @@ impl Handler {
 
 /// `uri` with its path replaced by the canonical one; scheme and authority (absolute-form,
 /// HTTP/2) and the query are kept.
+/// The 401 for a failed auth check, counted. A request with no credential at all on a route
+/// that accepts Basic gets the challenge browsers wait for before sending `user:pass`: that
+/// round-trip is normal traffic, so it is `challenged` and not an auth failure.
+fn auth_refusal(route: &Route, failure: AuthFailure) -> Refusal {
+    match (failure, route.auth.challenge()) {
+        (AuthFailure::Missing, Some(challenge)) => Refusal::Challenged { challenge },
+        (failure, challenge) => {
+            route.metrics.auth_failure(failure.reason());
+            Refusal::Unauthorized { challenge }
+        }
+    }
+}
+
 fn canonical_uri(uri: &Uri, path: &crate::path::CanonicalPath) -> Option<Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(crate::path::with_query(path, uri.query()).parse().ok()?);

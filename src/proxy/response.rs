@@ -33,6 +33,12 @@ pub enum Refusal {
         /// `WWW-Authenticate` value.
         challenge: Option<String>,
     },
+    /// No credentials at all on a route that accepts Basic: the same 401 with the challenge,
+    /// counted apart because browsers send `user:pass` only after it.
+    Challenged {
+        /// `WWW-Authenticate` value.
+        challenge: String,
+    },
     /// Too many password verifications in flight.
     Busy,
     /// Refused by policy (a browser `Origin` not on the route's list).
@@ -58,7 +64,7 @@ impl Refusal {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Refusal::NotFound => StatusCode::NOT_FOUND,
-            Refusal::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Refusal::Unauthorized { .. } | Refusal::Challenged { .. } => StatusCode::UNAUTHORIZED,
             Refusal::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Forbidden => StatusCode::FORBIDDEN,
             Refusal::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -73,6 +79,7 @@ impl Refusal {
             Refusal::BadRequest(_) | Refusal::UpgradeRequired => Outcome::BadRequest,
             Refusal::NotFound => Outcome::NotFound,
             Refusal::Unauthorized { .. } => Outcome::Unauthorized,
+            Refusal::Challenged { .. } => Outcome::Challenged,
             Refusal::Busy | Refusal::TooManyRequests { .. } => Outcome::Limited,
             Refusal::Forbidden => Outcome::Forbidden,
             Refusal::BadGateway => Outcome::UpstreamError,
@@ -103,7 +110,8 @@ impl Refusal {
         match self {
             Refusal::Unauthorized {
                 challenge: Some(challenge),
-            } => {
+            }
+            | Refusal::Challenged { challenge } => {
                 if let Ok(v) = HeaderValue::from_str(&challenge) {
                     h.insert(WWW_AUTHENTICATE, v);
                 }
@@ -143,6 +151,18 @@ mod tests {
             challenge: Some("Basic realm=\"wsgate\"".into()),
         }
         .into_response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"wsgate\"");
+        assert_eq!(r.headers()["connection"], "close");
+    }
+
+    #[test]
+    fn challenged_is_the_same_401_with_its_own_outcome() {
+        let r = Refusal::Challenged {
+            challenge: "Basic realm=\"wsgate\"".into(),
+        };
+        assert_eq!(r.outcome(), Outcome::Challenged);
+        let r = r.into_response();
         assert_eq!(r.status(), 401);
         assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"wsgate\"");
         assert_eq!(r.headers()["connection"], "close");
