@@ -242,11 +242,8 @@ pub(crate) mod tests {
             query_param: "token".into(),
             algorithms: vec![Algorithm::HS256],
             key: JwtKey::Secret(SECRET.into()),
-            issuer: None,
-            audience: None,
             leeway: Duration::from_secs(5),
-            max_token_bytes: 8192,
-            max_token_age: None,
+            ..JwtConfig::default()
         }
     }
 
