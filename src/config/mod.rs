@@ -234,9 +234,65 @@ mod tests {
 
     fn ok(yaml: &str) -> Config {
         match parse(yaml) {
-            Ok(c) => c,
+            Ok(c) => {
+                standard_validator_agrees(yaml);
+                c
+            }
             Err(e) => panic!("expected a valid config, got:\n{e}"),
         }
+    }
+
+    /// A standard JSON Schema validator must accept every config we accept, or editors
+    /// using config.schema.json would flag valid files.
+    #[track_caller]
+    fn standard_validator_agrees(yaml: &str) {
+        let mut tree = parse_tree(yaml, &env).unwrap();
+        expand(&mut tree, &mut Vec::new(), &env, &mut Problems::default());
+        let validator = jsonschema::validator_for(schema()).unwrap();
+        let problems: Vec<String> = validator
+            .iter_errors(&tree)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(
+            problems.is_empty(),
+            "jsonschema refuses a valid config:\n{}",
+            problems.join("\n")
+        );
+    }
+
+    #[test]
+    fn standard_validator_refuses_structural_mistakes_too() {
+        let validator = jsonschema::validator_for(schema()).unwrap();
+        for yaml in [
+            "listeners: []\nroutes: [{path: /, upstream: ws://h}]\n",
+            &with("extra: 1\n"),
+            &with("limits: {max_connections: 0}\n"),
+            &with("auth: {a: {type: ldap}}\n"),
+            &with("auth: {a: {type: basic}}\n"),
+            &with("routes2: []\n"),
+        ] {
+            let tree = parse_tree(yaml, &env).unwrap();
+            assert!(!validator.is_valid(&tree), "{yaml}");
+            assert!(parse(yaml).is_err(), "{yaml}");
+        }
+    }
+
+    #[test]
+    fn schema_required_keys_are_properties() {
+        fn visit(v: &serde_json::Value) {
+            if let Some(m) = v.as_object() {
+                if let Some(req) = m.get("required").and_then(|r| r.as_array()) {
+                    let props = m.get("properties").and_then(|p| p.as_object()).unwrap();
+                    for r in req {
+                        assert!(props.contains_key(r.as_str().unwrap()), "{r} in {m:?}");
+                    }
+                }
+                m.values().for_each(visit);
+            } else if let Some(a) = v.as_array() {
+                a.iter().for_each(visit);
+            }
+        }
+        visit(schema());
     }
 
     fn errs(yaml: &str) -> Vec<String> {
