@@ -22,7 +22,7 @@ WORKDIR /etc/wsgate
 ENV WSGATE_CONFIG=/etc/wsgate/config.yaml
 USER nonroot:nonroot
 # Plain, TLS and admin ports of the example config (bind 0.0.0.0 inside a container).
-EXPOSE 8080 8443 9100
+EXPOSE 8080 8443 9190
 HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 \
     CMD ["/usr/local/bin/wsgate", "healthcheck"]
 STOPSIGNAL SIGTERM
