@@ -193,7 +193,12 @@ fn same_default(readme: &str, code: &serde_json::Value) -> bool {
                     (Ok(a), Ok(b)) if a == b
                 )
         }
-        other => other.to_string() == readme,
+        other => {
+            serde_json::from_str::<serde_json::Value>(readme)
+                .ok()
+                .as_ref()
+                == Some(other)
+        }
     }
 }
 
