@@ -22,12 +22,12 @@ WORKDIR /etc/wsgate
 ENV WSGATE_CONFIG=/etc/wsgate/config.yaml
 USER nonroot:nonroot
 # Plain, TLS and admin ports of the example config (bind 0.0.0.0 inside a container).
-EXPOSE 8080 8443 9100
+EXPOSE 8080 8443 9190
 # The health check probes this address and never reads the config, so a mounted config being
 # edited (or saved with an error, or naming a port not reloaded yet) cannot fail a healthy
 # container. Override it to match your config: another admin port, a plain listener
 # (127.0.0.1:8080) or a TLS one (https://127.0.0.1:8443); set it empty to use the config.
-ENV WSGATE_HEALTHCHECK_ADDR=127.0.0.1:9100
+ENV WSGATE_HEALTHCHECK_ADDR=127.0.0.1:9190
 HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 \
     CMD ["/usr/local/bin/wsgate", "healthcheck"]
 STOPSIGNAL SIGTERM

@@ -320,12 +320,12 @@ mod tests {
     fn local_hosts() {
         for ok in [
             "127.0.0.1",
-            "127.0.0.1:9100",
+            "127.0.0.1:9190",
             "10.0.0.5:80",
             "[::1]",
-            "[::1]:9100",
+            "[::1]:9190",
             "localhost",
-            "LocalHost:9100",
+            "LocalHost:9190",
         ] {
             assert!(is_local_host(&HeaderValue::from_static(ok)), "{ok}");
         }
@@ -348,7 +348,7 @@ mod tests {
 
     #[test]
     fn mutation_rule() {
-        let host = [("host", "127.0.0.1:9100")];
+        let host = [("host", "127.0.0.1:9190")];
         assert_eq!(guard_mutation(&headers(&host), LOCAL, None), Ok(()));
         assert_eq!(guard_mutation(&HeaderMap::new(), LOCAL, None), Ok(()));
         assert_eq!(

@@ -79,6 +79,8 @@ enum Command {
         #[arg(long = "auth", value_name = "NAME")]
         auth: Option<String>,
     },
+    /// Print the JSON Schema of config.yaml (for editors: see config.schema.json)
+    ConfigSchema,
     /// Read a password from stdin and print an htpasswd line (bcrypt, or argon2id)
     HashPassword {
         /// User name for the htpasswd line (omit to print only the hash)
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&cli.config),
         Some(Command::HashPassword { user, argon2 }) => hash_password(user, argon2),
+        Some(Command::ConfigSchema) => config_schema(),
         Some(Command::Token {
             sub,
             ttl,
@@ -126,6 +129,21 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     guard
+}
+
+/// Pretty JSON with the keys in declaration order: the committed config.schema.json must be
+/// byte-for-byte what this prints.
+fn config_schema() -> ExitCode {
+    match serde_json::to_string_pretty(config::schema()) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot print the schema: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<config::Config, config::ConfigErrors> {

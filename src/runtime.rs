@@ -42,10 +42,7 @@ pub struct Runtime {
 }
 
 fn error(path: String, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        path,
-        message: message.into(),
-    }
+    ConfigError::new(path, message)
 }
 
 /// Loads every file the config names and builds the runtime state; all problems at once.
@@ -86,7 +83,7 @@ pub fn build_with(
                 }
             },
             Err(e) => {
-                errors.push(error(format!("listeners[{i}].tls.{}", e.field), e.message));
+                errors.push(e.under(&format!("listeners[{i}].tls")));
                 listener_tls.push(None);
             }
         }
@@ -103,9 +100,8 @@ pub fn build_with(
                 authenticators.insert(name.clone(), Arc::new(a));
             }
             Err(problems) => {
-                for (field, message) in problems {
-                    errors.push(error(format!("auth.{name}.{field}"), message));
-                }
+                let at = format!("auth.{name}");
+                errors.extend(problems.into_iter().map(|e| e.under(&at)));
             }
         }
     }

@@ -12,27 +12,20 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::config::ConfigError;
+
 /// The one crypto provider (aws-lc-rs), shared with jsonwebtoken's backend.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// A certificate/key problem, tagged with the config field it concerns.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct TlsLoadError {
-    /// `cert` or `key`.
-    pub field: &'static str,
-    /// What is wrong, naming the file.
-    pub message: String,
-}
-
-fn err(field: &'static str, message: String) -> TlsLoadError {
-    TlsLoadError { field, message }
+/// A certificate/key problem at `cert` or `key` (relative to the listener's `tls`).
+fn err(field: &'static str, message: String) -> ConfigError {
+    ConfigError::new(field, message)
 }
 
 /// Loads a PEM chain and key and checks that they parse and belong together.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsLoadError> {
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, ConfigError> {
     let cert_bytes = std::fs::read(cert)
         .map_err(|e| err("cert", format!("cannot read {}: {e}", cert.display())))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_bytes)

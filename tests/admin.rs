@@ -515,7 +515,7 @@ async fn mutating_admin_calls_refuse_browsers_and_rebinding() {
     // A page on any site can make the browser POST here; it always sends Origin.
     let (status, head, _) = admin_raw(
         &gate,
-        &post_reload("Host: 127.0.0.1:9100\r\nOrigin: https://evil.example\r\n"),
+        &post_reload("Host: 127.0.0.1:9190\r\nOrigin: https://evil.example\r\n"),
     )
     .await;
     assert_eq!(status, 403, "POST with Origin: {head}");
@@ -525,7 +525,7 @@ async fn mutating_admin_calls_refuse_browsers_and_rebinding() {
     // DNS rebinding: the browser thinks it talks to evil.example, so Host says so.
     for host in [
         "evil.example",
-        "evil.example:9100",
+        "evil.example:9190",
         "localhost.evil.example",
         "127.0.0.1.nip.io",
     ] {
@@ -535,10 +535,10 @@ async fn mutating_admin_calls_refuse_browsers_and_rebinding() {
     // Scripts and curl: IP literal or localhost Host, no Origin. This gate has no config file,
     // so passing the guard shows as 409.
     for host in [
-        "127.0.0.1:9100",
+        "127.0.0.1:9190",
         "127.0.0.1",
-        "[::1]:9100",
-        "localhost:9100",
+        "[::1]:9190",
+        "localhost:9190",
         "LOCALHOST",
     ] {
         let (status, head, _) = admin_raw(&gate, &post_reload(&format!("Host: {host}\r\n"))).await;

@@ -39,11 +39,7 @@ fn fixture() -> &'static Fixture {
             query_param: "token".into(),
             algorithms: vec![jsonwebtoken::Algorithm::HS256],
             key: JwtKey::Secret("fuzz-secret-0123456789abcdef0123".into()),
-            issuer: None,
-            audience: None,
-            leeway: Duration::from_secs(30),
-            max_token_bytes: 8192,
-            max_token_age: None,
+            ..JwtConfig::default()
         });
         let auths = vec![
             Arc::new(Authenticator::build("users", &basic, limiter.clone()).expect("basic")),

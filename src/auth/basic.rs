@@ -11,7 +11,7 @@ use super::cache::SuccessCache;
 use super::htpasswd::{self, Htpasswd, StoredHash};
 use super::limiter::{HashLimiter, Refused};
 use super::{AuthFailure, Identity, Scheme, authorization};
-use crate::config::BasicConfig;
+use crate::config::{BasicConfig, ConfigError};
 use crate::limits::ClientKey;
 
 /// A ready Basic authenticator: users loaded, cache and limiter wired.
@@ -30,20 +30,22 @@ pub(crate) struct Basic {
 }
 
 impl Basic {
-    /// Reads and parses the htpasswd file; errors are (field, message).
+    /// Reads and parses the htpasswd file; error paths are relative to the authenticator.
     pub(crate) fn build(
         cfg: &BasicConfig,
         limiter: Arc<HashLimiter>,
-    ) -> Result<Self, Vec<(String, String)>> {
-        let field = || "htpasswd".to_owned();
+    ) -> Result<Self, Vec<ConfigError>> {
         let bytes = std::fs::read(&cfg.htpasswd).map_err(|e| {
-            vec![(
-                field(),
+            vec![ConfigError::new(
+                "htpasswd",
                 format!("cannot read {}: {e}", cfg.htpasswd.display()),
             )]
         })?;
-        let users = htpasswd::parse(&bytes)
-            .map_err(|errs| errs.into_iter().map(|m| (field(), m)).collect::<Vec<_>>())?;
+        let users = htpasswd::parse(&bytes).map_err(|errs| {
+            errs.into_iter()
+                .map(|m| ConfigError::new("htpasswd", m))
+                .collect::<Vec<_>>()
+        })?;
         Ok(Basic {
             realm: cfg.realm.clone(),
             users,
@@ -344,8 +346,12 @@ mod tests {
         };
         let errs = Basic::build(&cfg, Arc::new(HashLimiter::new(1))).expect_err("fails");
         assert_eq!(errs.len(), 1);
-        assert_eq!(errs[0].0, "htpasswd");
-        assert!(errs[0].1.contains("cannot read"), "{}", errs[0].1);
+        assert_eq!(errs[0].path, "htpasswd");
+        assert!(
+            errs[0].message.contains("cannot read"),
+            "{}",
+            errs[0].message
+        );
     }
 
     #[test]
@@ -357,13 +363,13 @@ mod tests {
             cache_ttl: Duration::ZERO,
         };
         let errs = Basic::build(&cfg, Arc::new(HashLimiter::new(1))).expect_err("fails");
-        assert_eq!(errs[0].0, "htpasswd");
+        assert_eq!(errs[0].path, "htpasswd");
         assert!(
-            errs[0].1
+            errs[0].message
                 == ("line 2: user \"bob\": unsupported hash $apr1$ (use bcrypt or argon2id; see `wsgate hash-password`)"),
             "{}",
-            errs[0].1
+            errs[0].message
         );
-        assert!(!errs[0].1.contains("SECRETHASH"));
+        assert!(!errs[0].message.contains("SECRETHASH"));
     }
 }

@@ -8,7 +8,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{DecodingKey, Validation};
 
 use super::{AuthFailure, Identity, Scheme, authorization, query_param};
-use crate::config::{JwtConfig, PublicFamily, VerifyKey};
+use crate::config::{ConfigError, JwtConfig, PublicFamily, VerifyKey};
 
 /// Upper bound on `leeway`, in seconds.
 const MAX_LEEWAY_SECS: u64 = 86_400;
@@ -33,19 +33,24 @@ impl Jwt {
         &self.query_param
     }
 
-    /// Loads the key and prepares the validation; errors are (field, message). The config
-    /// rules (key fits the algorithms, secret length, …) live in `config::check_jwt`.
-    pub(crate) fn build(cfg: &JwtConfig) -> Result<Self, Vec<(String, String)>> {
+    /// Loads the key and prepares the validation; error paths are relative to the
+    /// authenticator. The config rules (key fits the algorithms, secret length, …) live in
+    /// `config::check_jwt`, so a programmatic config gets the same checks and messages.
+    pub(crate) fn build(cfg: &JwtConfig) -> Result<Self, Vec<ConfigError>> {
         let (first, key) = crate::config::check_jwt(cfg).map_err(|problems| {
             problems
                 .into_iter()
-                .map(|(field, m)| (field.to_owned(), m))
+                .map(|(field, m)| ConfigError::new(field, m))
                 .collect::<Vec<_>>()
         })?;
         let key = match key {
             VerifyKey::Secret(s) => DecodingKey::from_secret(s),
-            VerifyKey::PublicKey(p, family) => load_public_key(p, family)
-                .map_err(|m| vec![("public_key".to_owned(), format!("{}: {m}", p.display()))])?,
+            VerifyKey::PublicKey(p, family) => load_public_key(p, family).map_err(|m| {
+                vec![ConfigError::new(
+                    "public_key",
+                    format!("{}: {m}", p.display()),
+                )]
+            })?,
         };
 
         let mut validation = Validation::new(first);
@@ -242,11 +247,8 @@ pub(crate) mod tests {
             query_param: "token".into(),
             algorithms: vec![Algorithm::HS256],
             key: JwtKey::Secret(SECRET.into()),
-            issuer: None,
-            audience: None,
             leeway: Duration::from_secs(5),
-            max_token_bytes: 8192,
-            max_token_age: None,
+            ..JwtConfig::default()
         }
     }
 
@@ -583,18 +585,18 @@ pub(crate) mod tests {
             ..hs_cfg()
         };
         let errs = Jwt::build(&cfg).expect_err("short secret");
-        assert_eq!(errs[0].0, "secret");
+        assert_eq!(errs[0].path, "secret");
         assert!(
-            errs[0].1.contains("at least 32 bytes (got 15)"),
+            errs[0].message.contains("at least 32 bytes (got 15)"),
             "{}",
-            errs[0].1
+            errs[0].message
         );
         let cfg = JwtConfig {
             max_token_age: Some(Duration::ZERO),
             ..hs_cfg()
         };
         assert_eq!(
-            Jwt::build(&cfg).expect_err("zero age")[0].0,
+            Jwt::build(&cfg).expect_err("zero age")[0].path,
             "max_token_age"
         );
         let cfg = JwtConfig {
@@ -602,7 +604,7 @@ pub(crate) mod tests {
             ..hs_cfg()
         };
         assert_eq!(
-            Jwt::build(&cfg).expect_err("no algorithms")[0].0,
+            Jwt::build(&cfg).expect_err("no algorithms")[0].path,
             "algorithms"
         );
     }
@@ -617,33 +619,41 @@ pub(crate) mod tests {
             ..ed_cfg(f.path())
         };
         let errs = Jwt::build(&cfg).expect_err("fails");
-        assert_eq!(errs[0].0, "public_key");
-        assert!(errs[0].1.contains("not an RSA public key"), "{}", errs[0].1);
+        assert_eq!(errs[0].path, "public_key");
+        assert!(
+            errs[0].message.contains("not an RSA public key"),
+            "{}",
+            errs[0].message
+        );
         // A private key where the public one belongs.
         let fp = pem_file(&private);
         let errs = Jwt::build(&ed_cfg(fp.path())).expect_err("fails");
-        assert_eq!(errs[0].0, "public_key");
-        assert!(errs[0].1.contains("private key"), "{}", errs[0].1);
+        assert_eq!(errs[0].path, "public_key");
+        assert!(
+            errs[0].message.contains("private key"),
+            "{}",
+            errs[0].message
+        );
         // Missing file.
         let errs =
             Jwt::build(&ed_cfg(std::path::Path::new("/nonexistent/k.pem"))).expect_err("fails");
-        assert_eq!(errs[0].0, "public_key");
+        assert_eq!(errs[0].path, "public_key");
         // Mixed families.
         let cfg = JwtConfig {
             algorithms: vec![Algorithm::EdDSA, Algorithm::ES256],
             ..ed_cfg(f.path())
         };
-        assert_eq!(Jwt::build(&cfg).expect_err("fails")[0].0, "algorithms");
+        assert_eq!(Jwt::build(&cfg).expect_err("fails")[0].path, "algorithms");
         // Secret with asymmetric algorithms, public key with HS*.
         let cfg = JwtConfig {
             algorithms: vec![Algorithm::RS256],
             ..hs_cfg()
         };
-        assert_eq!(Jwt::build(&cfg).expect_err("fails")[0].0, "secret");
+        assert_eq!(Jwt::build(&cfg).expect_err("fails")[0].path, "secret");
         let cfg = JwtConfig {
             algorithms: vec![Algorithm::HS256],
             ..ed_cfg(f.path())
         };
-        assert_eq!(Jwt::build(&cfg).expect_err("fails")[0].0, "public_key");
+        assert_eq!(Jwt::build(&cfg).expect_err("fails")[0].path, "public_key");
     }
 }

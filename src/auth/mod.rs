@@ -112,7 +112,7 @@ impl Authenticator {
         name: &str,
         cfg: &AuthConfig,
         hash_limiter: Arc<HashLimiter>,
-    ) -> Result<Self, Vec<(String, String)>> {
+    ) -> Result<Self, Vec<crate::config::ConfigError>> {
         let kind = match cfg {
             AuthConfig::Basic(b) => Kind::Basic(basic::Basic::build(b, hash_limiter)?),
             AuthConfig::Jwt(j) => Kind::Jwt(jwt::Jwt::build(j)?),

@@ -1,19 +1,30 @@
 //! Configuration: YAML text → validated, typed [`Config`].
 //!
-//! The YAML is parsed into a generic tree first, then walked by hand so that every problem is
-//! reported at once with its YAML path (`routes[1].upstream: ...`) instead of stopping at the
-//! first one. `${VAR}` references are expanded after parsing. This module binds no ports and
-//! opens no files other than the config itself: certificates, keys and htpasswd files are
-//! loaded by a later stage.
+//! 1. The YAML is parsed into a generic tree; `key: ~` counts as absent; `${VAR}` references
+//!    in strings are expanded.
+//! 2. The tree is walked against the JSON Schema generated from `types.rs` (`schema.rs`):
+//!    every problem is reported with its YAML path (`routes[1].upstream: ...`), and the
+//!    refused values are cut out.
+//! 3. serde reads what is left into the typed [`Config`] (defaults from each section's
+//!    `impl Default`).
+//! 4. `semantic.rs` checks the rules between keys and reads `secret_file`/`token_file`.
+//!
+//! All problems come back at once. This module binds no ports and opens no files other than
+//! the config itself and the secret files it names: certificates, keys and htpasswd files
+//! are loaded by `runtime`.
 
 mod duration;
 pub(crate) mod env;
 mod jwt_rules;
-mod parse;
+mod leaf;
+mod schema;
+mod semantic;
 mod types;
 mod validate;
 mod warnings;
 
+pub use leaf::Secret;
+pub use schema::schema;
 pub use types::*;
 pub use warnings::warnings;
 
@@ -21,6 +32,10 @@ pub(crate) use jwt_rules::{PublicFamily, VerifyKey, check as check_jwt};
 
 use std::fmt;
 use std::path::Path;
+
+use serde_json::Value;
+
+use schema::{Problems, Seg};
 
 /// One configuration problem, located by its YAML path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +53,16 @@ impl ConfigError {
             path: path.into(),
             message: message.into(),
         }
+    }
+
+    /// The same error under `prefix` (`tls` + `cert` → `listeners[0].tls.cert`).
+    pub fn under(mut self, prefix: &str) -> Self {
+        self.path = match (prefix.is_empty(), self.path.is_empty()) {
+            (true, _) => self.path,
+            (false, true) => prefix.to_owned(),
+            (false, false) => format!("{prefix}.{}", self.path),
+        };
+        self
     }
 }
 
@@ -90,21 +115,85 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     parse_str(&text, path, base_dir, &|name| std::env::var(name).ok())
 }
 
-/// Validates config text without touching the filesystem or the real environment.
+/// Validates config text without touching the real environment.
 ///
-/// `source` is recorded in [`Config::source`]; relative file names are joined to `base_dir`;
-/// `env` answers `${VAR}` lookups.
+/// `source` is recorded in [`Config::source`]; relative file names are joined to `base_dir`
+/// (only `secret_file`/`token_file` are read here); `env` answers `${VAR}` lookups.
 pub fn parse_str(
     yaml: &str,
     source: &Path,
     base_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
+    let mut tree = parse_tree(yaml, env)?;
+    let mut problems = Problems::default();
+    expand(&mut tree, &mut Vec::new(), env, &mut problems);
+    schema::walk(&tree, schema::schema(), &mut problems);
+    let original = tree.clone();
+    problems.apply_cuts(&mut tree);
+    let mut config: Config = match serde_json::from_value(tree) {
+        Ok(c) => c,
+        // Everything serde could refuse was cut above; this is a last resort, not a path.
+        Err(e) => {
+            problems.push(&[], format!("invalid configuration: {e}"));
+            return Err(ConfigErrors(problems.errors));
+        }
+    };
+    config.source = source.to_path_buf();
+    semantic::check(&mut config, &original, base_dir, &mut problems);
+    if problems.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(problems.errors))
+    }
+}
+
+/// The YAML document as a JSON tree, with `key: ~` removed (it means "absent").
+fn parse_tree(yaml: &str, _env: &dyn Fn(&str) -> Option<String>) -> Result<Value, ConfigErrors> {
     // No snippet: it would quote the source text, which may contain a literal secret.
     let options = serde_saphyr::options! { with_snippet: false };
-    let tree: serde_json::Value = serde_saphyr::from_str_with_options(yaml, options)
+    let mut tree: Value = serde_saphyr::from_str_with_options(yaml, options)
         .map_err(|e| ConfigError::new("", syntax_message(&e.to_string())))?;
-    parse::build(&tree, source, base_dir, env).map_err(ConfigErrors)
+    if tree.is_null() {
+        return Err(ConfigError::new(
+            "",
+            "the configuration is empty: listeners and routes are required",
+        )
+        .into());
+    }
+    schema::drop_nulls(&mut tree);
+    Ok(tree)
+}
+
+/// Expands `${VAR}` in every string of the tree; a string that cannot be expanded is
+/// reported (every variable it names) and cut.
+fn expand(
+    v: &mut Value,
+    path: &mut Vec<Seg>,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) {
+    match v {
+        Value::String(s) => match env::expand(s, env) {
+            Ok(x) => *s = x,
+            Err(messages) => problems.refuse_all(path, messages),
+        },
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                path.push(Seg::Idx(i));
+                expand(item, path, env, problems);
+                path.pop();
+            }
+        }
+        Value::Object(m) => {
+            for (k, item) in m.iter_mut() {
+                path.push(Seg::Key(k.clone()));
+                expand(item, path, env, problems);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
 }
 
 fn syntax_message(raw: &str) -> String {
@@ -145,9 +234,65 @@ mod tests {
 
     fn ok(yaml: &str) -> Config {
         match parse(yaml) {
-            Ok(c) => c,
+            Ok(c) => {
+                standard_validator_agrees(yaml);
+                c
+            }
             Err(e) => panic!("expected a valid config, got:\n{e}"),
         }
+    }
+
+    /// A standard JSON Schema validator must accept every config we accept, or editors
+    /// using config.schema.json would flag valid files.
+    #[track_caller]
+    fn standard_validator_agrees(yaml: &str) {
+        let mut tree = parse_tree(yaml, &env).unwrap();
+        expand(&mut tree, &mut Vec::new(), &env, &mut Problems::default());
+        let validator = jsonschema::validator_for(schema()).unwrap();
+        let problems: Vec<String> = validator
+            .iter_errors(&tree)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(
+            problems.is_empty(),
+            "jsonschema refuses a valid config:\n{}",
+            problems.join("\n")
+        );
+    }
+
+    #[test]
+    fn standard_validator_refuses_structural_mistakes_too() {
+        let validator = jsonschema::validator_for(schema()).unwrap();
+        for yaml in [
+            "listeners: []\nroutes: [{path: /, upstream: ws://h}]\n",
+            &with("extra: 1\n"),
+            &with("limits: {max_connections: 0}\n"),
+            &with("auth: {a: {type: ldap}}\n"),
+            &with("auth: {a: {type: basic}}\n"),
+            &with("routes2: []\n"),
+        ] {
+            let tree = parse_tree(yaml, &env).unwrap();
+            assert!(!validator.is_valid(&tree), "{yaml}");
+            assert!(parse(yaml).is_err(), "{yaml}");
+        }
+    }
+
+    #[test]
+    fn schema_required_keys_are_properties() {
+        fn visit(v: &serde_json::Value) {
+            if let Some(m) = v.as_object() {
+                if let Some(req) = m.get("required").and_then(|r| r.as_array()) {
+                    let props = m.get("properties").and_then(|p| p.as_object()).unwrap();
+                    for r in req {
+                        assert!(props.contains_key(r.as_str().unwrap()), "{r} in {m:?}");
+                    }
+                }
+                m.values().for_each(visit);
+            } else if let Some(a) = v.as_array() {
+                a.iter().for_each(visit);
+            }
+        }
+        visit(schema());
     }
 
     fn errs(yaml: &str) -> Vec<String> {
@@ -238,6 +383,7 @@ routes:
             Some(AdminConfig {
                 bind: addr("127.0.0.1:9100"),
                 token: None,
+                token_file: None,
                 max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             })
         );
@@ -282,38 +428,26 @@ routes:
     }
 
     #[test]
-    fn defaults() {
+    fn absent_sections_take_their_default() {
+        // The default values themselves are written once, in types.rs; the README's
+        // reference is checked against them (tests/config_schema.rs).
         let c = ok(MINIMAL);
         assert_eq!(c.admin, None);
         assert!(c.auth.is_empty());
-        assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
-        assert_eq!(
-            c.timeouts,
-            TimeoutsConfig {
-                tls_handshake: Duration::from_secs(10),
-                request_header: Duration::from_secs(10),
-                upstream_connect: Duration::from_secs(5),
-                upstream_response: Duration::from_secs(30),
-                tunnel_idle: Duration::from_secs(3600),
-                upstream_retry: Duration::from_secs(10),
-            }
-        );
-        assert_eq!(c.limits.max_connections, 10_000);
-        assert_eq!(
-            c.limits.max_connections_per_ip, 0,
-            "per-client caps off by default"
-        );
-        assert_eq!(c.limits.handshake_rate_per_ip, 0);
-        assert_eq!(c.limits.max_hashes_per_ip, 2);
-        assert_eq!(c.limits.ipv6_prefix, 64);
-        assert_eq!(c.limits.handshake_burst_per_ip, 40);
-        assert_eq!(c.limits.max_pending_handshakes, 1024);
+        assert_eq!(c.shutdown, ShutdownConfig::default());
+        assert_eq!(c.timeouts, TimeoutsConfig::default());
+        assert_eq!(c.limits, LimitsConfig::default());
         assert_eq!(c.trusted_proxies, None);
         assert!(!c.underscores_in_headers);
         assert!(!c.listeners[0].proxy_protocol);
         assert_eq!(c.routes[0].balance, Balance::RoundRobin);
         assert_eq!(c.routes[0].origins, None);
+        // Safety-relevant defaults, restated on purpose: changing one must be deliberate.
+        assert_eq!(c.limits.max_connections_per_ip, 0, "per-client caps off");
+        assert_eq!(c.limits.handshake_rate_per_ip, 0);
+        assert_eq!(c.limits.max_hashes_per_ip, 2);
         assert!(c.limits.max_concurrent_hashes >= 1);
+        assert_eq!(c.timeouts.tunnel_idle, Duration::from_secs(3600));
     }
 
     #[test]
@@ -488,8 +622,9 @@ routes:
     fn admin_bind_must_differ_from_listeners() {
         let e = errs(&with("admin:\n  bind: \"127.0.0.1:8080\"\n"));
         has(&e, "admin.bind", "conflicts with listeners[0].bind");
-        let e = errs(&with("admin: {}\n"));
-        has(&e, "admin.bind", "required");
+        // admin.bind defaults to 127.0.0.1:9190 (off node_exporter's 9100).
+        let c = ok(&with("admin: {}\n"));
+        assert_eq!(c.admin.unwrap().bind, addr("127.0.0.1:9190"));
         let e = errs(&with("admin:\n  bind: nope\n"));
         has(&e, "admin.bind", "invalid address");
     }
@@ -810,12 +945,7 @@ routes:
             LimitsConfig {
                 max_connections: 5,
                 max_concurrent_hashes: 2,
-                max_hashes_per_ip: 2,
-                max_connections_per_ip: 0,
-                handshake_rate_per_ip: 0,
-                handshake_burst_per_ip: 40,
-                ipv6_prefix: 64,
-                max_pending_handshakes: 1024,
+                ..LimitsConfig::default()
             }
         );
         let c = ok(&with(
@@ -998,5 +1128,137 @@ routes:
             e.iter().any(|l| l.starts_with("admin.max_connections:")),
             "{e:?}"
         );
+    }
+
+    /// Parses `yaml` with files resolved against `dir` (for `secret_file`/`token_file`).
+    fn parse_in(dir: &Path, yaml: &str) -> Result<Config, Vec<String>> {
+        parse_str(yaml, &dir.join("config.yaml"), dir, &env)
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect())
+    }
+
+    const SECRET_32: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn jwt_secret_file_is_read_with_one_trailing_newline_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("jwt.secret"), format!("{SECRET_32}\n")).unwrap();
+        let c = parse_in(
+            dir.path(),
+            &jwt("    algorithms: [HS256]\n    secret_file: jwt.secret\n"),
+        )
+        .unwrap();
+        let j = jwt_config(&c);
+        assert_eq!(j.key, JwtKey::Secret(SECRET_32.into()));
+        assert_eq!(j.secret_file, Some(dir.path().join("jwt.secret")));
+        assert!(j.secret.is_none(), "the secret is held once, in key");
+        // Only one newline goes: a second one is part of the secret (and \r\n counts as one).
+        std::fs::write(dir.path().join("jwt.secret"), format!("{SECRET_32}\n\n")).unwrap();
+        let c = parse_in(
+            dir.path(),
+            &jwt("    algorithms: [HS256]\n    secret_file: jwt.secret\n"),
+        )
+        .unwrap();
+        assert_eq!(jwt_config(&c).key, JwtKey::Secret(format!("{SECRET_32}\n")));
+        std::fs::write(dir.path().join("jwt.secret"), format!("{SECRET_32}\r\n")).unwrap();
+        let c = parse_in(
+            dir.path(),
+            &jwt("    algorithms: [HS256]\n    secret_file: jwt.secret\n"),
+        )
+        .unwrap();
+        assert_eq!(jwt_config(&c).key, JwtKey::Secret(SECRET_32.into()));
+    }
+
+    #[test]
+    fn jwt_secret_file_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |content: &str| {
+            std::fs::write(dir.path().join("jwt.secret"), content).unwrap();
+        };
+        let body = "    algorithms: [HS256]\n    secret_file: jwt.secret\n";
+        file(SECRET_32);
+        let e = parse_in(
+            dir.path(),
+            &jwt(&format!("{body}    secret: \"${{WSGATE_JWT_SECRET}}\"\n")),
+        )
+        .unwrap_err();
+        has(
+            &e,
+            "auth.j.secret_file",
+            "set only one of secret or secret_file",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        let e = parse_in(
+            dir.path(),
+            &jwt("    algorithms: [HS256]\n    secret_file: nope.secret\n"),
+        )
+        .unwrap_err();
+        has(&e, "auth.j.secret_file", "cannot read");
+        has(&e, "auth.j.secret_file", "nope.secret");
+        file("short-file-secret\n");
+        let e = parse_in(dir.path(), &jwt(body)).unwrap_err();
+        has(&e, "auth.j.secret_file", "at least 32 bytes (got 17)");
+        assert!(!e.iter().any(|m| m.contains("short-file-secret")), "{e:?}");
+        file("\n");
+        let e = parse_in(dir.path(), &jwt(body)).unwrap_err();
+        has(&e, "auth.j.secret_file", "is empty");
+        let e = parse_in(
+            dir.path(),
+            &jwt("    algorithms: [RS256]\n    secret_file: jwt.secret\n    public_key: k.pem\n"),
+        )
+        .unwrap_err();
+        has(&e, "auth.j", "set only one of secret_file or public_key");
+    }
+
+    #[test]
+    fn admin_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin.token"), "0123456789abcdef\n").unwrap();
+        let c = parse_in(dir.path(), &with("admin:\n  token_file: admin.token\n")).unwrap();
+        let a = c.admin.unwrap();
+        assert_eq!(a.token.as_deref(), Some("0123456789abcdef"));
+        assert!(
+            !format!("{a:?}").contains("0123456789abcdef"),
+            "token in Debug"
+        );
+        let e = parse_in(
+            dir.path(),
+            &with("admin:\n  token: \"0123456789abcdef\"\n  token_file: admin.token\n"),
+        )
+        .unwrap_err();
+        has(
+            &e,
+            "admin.token_file",
+            "set only one of token or token_file",
+        );
+        std::fs::write(dir.path().join("admin.token"), "short\n").unwrap();
+        let e = parse_in(dir.path(), &with("admin:\n  token_file: admin.token\n")).unwrap_err();
+        has(&e, "admin.token_file", "at least 16 bytes");
+        assert!(!e.iter().any(|m| m.contains("short")), "{e:?}");
+        let e = parse_in(dir.path(), &with("admin:\n  token_file: gone\n")).unwrap_err();
+        has(&e, "admin.token_file", "cannot read");
+    }
+
+    #[test]
+    fn admin_bind_defaults_to_9190() {
+        let c = ok(&with("admin: {}\n"));
+        let a = c.admin.unwrap();
+        assert_eq!(a.bind, addr("127.0.0.1:9190"));
+        assert_eq!(a.max_connections, DEFAULT_ADMIN_MAX_CONNECTIONS);
+        assert_eq!(
+            ok(&with("admin:\n  token: \"0123456789abcdef\"\n"))
+                .admin
+                .unwrap()
+                .bind
+                .port(),
+            9190
+        );
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_closest_one() {
+        let e = errs(&with("timeouts: {tunel_idle: 5s}\n"));
+        has(&e, "timeouts.tunel_idle", "did you mean \"tunnel_idle\"");
+        let e = errs(&with("limits: {zzz: 1}\n"));
+        assert!(!e[0].contains("did you mean"), "{e:?}");
     }
 }

@@ -1,25 +1,52 @@
-//! The typed, validated configuration: what the rest of wsgate reads.
+//! The configuration's shape: one struct per YAML section, and the one place each key and
+//! its default are written.
 //!
-//! Every value here has already been checked by `config::parse`; consumers never
-//! re-validate. Paths are already resolved against the config file's directory.
+//! The same types give serde's deserializer, the JSON Schema (`wsgate config-schema`; field
+//! doc comments become its descriptions) and the typed [`Config`] the rest of wsgate reads.
+//! Every value here has already been checked by the schema walk and `semantic`; consumers
+//! never re-validate. Paths are already resolved against the config file's directory.
+//!
+//! Adding a key:
+//! 1. a field with a one-line doc comment (it becomes the schema description), its serde/schema
+//!    leaf type from `leaf` when it is not a plain string/number/bool;
+//! 2. its default in the section's `impl Default` (one line), unless it is required (then
+//!    list it in the section's `extend("required" = ...)`);
+//! 3. its line in README.md's configuration reference, then `cargo run -- config-schema >
+//!    config.schema.json`.
+//!
+//! Cross-field rules (conflicting binds, references between sections) go in `semantic.rs`;
+//! a file name must also be resolved there (`resolve_files`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::leaf;
+
 /// The whole gateway configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(
+    title = "wsgate configuration",
+    extend("required" = ["listeners", "routes"])
+)]
 pub struct Config {
     /// Where the config was read from (for reloads and messages).
+    #[serde(skip)]
     pub source: PathBuf,
-    /// At least one listener.
+    /// Accepting sockets, plain or TLS; at least one.
+    #[schemars(extend("minItems" = 1, "errorMessage" = {"minItems": "at least one listener is required"}))]
     pub listeners: Vec<ListenerConfig>,
-    /// The admin listener (metrics, health); `None` when the `admin` key is absent.
+    /// The admin listener (/metrics, /healthz, /readyz, admin API); absent = no admin listener.
     pub admin: Option<AdminConfig>,
     /// Named authenticators, referenced by routes.
     pub auth: BTreeMap<String, AuthConfig>,
-    /// At least one route; matched by longest segment-aware path prefix.
+    /// Path prefix → upstream; at least one; longest segment-aware prefix wins.
+    #[schemars(extend("minItems" = 1, "errorMessage" = {"minItems": "at least one route is required"}))]
     pub routes: Vec<RouteConfig>,
     /// Drain behaviour on SIGTERM/SIGINT.
     pub shutdown: ShutdownConfig,
@@ -27,44 +54,105 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     /// Resource limits.
     pub limits: LimitsConfig,
-    /// Peers whose `X-Forwarded-For` is believed; `None` = append to whatever the client sent.
+    /// Peers (IPs or CIDRs) whose X-Forwarded-For / Forwarded / PROXY headers are believed.
+    #[serde(with = "leaf::cidrs")]
+    #[schemars(with = "Option<Vec<leaf::Cidr>>")]
     pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
-    /// Pass client header names containing `_` (except twins of gateway headers); default off.
+    /// Pass client header names containing `_` (except twins of gateway headers).
     pub underscores_in_headers: bool,
-    /// Match routes ignoring ASCII letter case (default false: case-sensitive, and a path
-    /// whose route would change if case were ignored is refused).
+    /// Match routes ignoring ASCII letter case (otherwise a path whose route would change if
+    /// case were ignored is refused).
     pub case_insensitive_paths: bool,
 }
 
+impl Default for Config {
+    // listeners and routes are required: these empty lists are only placeholders while
+    // problems are collected.
+    fn default() -> Self {
+        Self {
+            source: PathBuf::new(),
+            listeners: Vec::new(),
+            admin: None,
+            auth: BTreeMap::new(),
+            routes: Vec::new(),
+            shutdown: ShutdownConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+            limits: LimitsConfig::default(),
+            trusted_proxies: None,
+            underscores_in_headers: false,
+            case_insensitive_paths: false,
+        }
+    }
+}
+
 /// One accepting socket, plain or TLS.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(extend("required" = ["bind"]))]
 pub struct ListenerConfig {
-    /// Address to bind, e.g. `0.0.0.0:8443`.
+    /// IP:port to bind, e.g. `0.0.0.0:8443` (an IP, not a host name).
+    #[serde(with = "leaf::bind")]
+    #[schemars(with = "leaf::Bind")]
     pub bind: SocketAddr,
-    /// TLS material; `None` for a plain ws:// listener.
+    /// TLS certificate and key; absent = plain ws:// and http://.
     pub tls: Option<TlsFiles>,
-    /// Expect a PROXY protocol v1/v2 header before anything else (opt-in).
+    /// Expect a PROXY protocol v1/v2 header before anything else.
     pub proxy_protocol: bool,
 }
 
+impl Default for ListenerConfig {
+    // `bind` is required; port 0 never conflicts, so the placeholder raises no second error.
+    fn default() -> Self {
+        Self {
+            bind: leaf::PLACEHOLDER_ADDR,
+            tls: None,
+            proxy_protocol: false,
+        }
+    }
+}
+
 /// Certificate chain and key files for a TLS listener.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(extend("required" = ["cert", "key"]))]
 pub struct TlsFiles {
     /// PEM certificate chain, leaf first.
+    #[schemars(with = "leaf::FilePath")]
     pub cert: PathBuf,
-    /// PEM private key: PKCS#8, PKCS#1 or SEC1.
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching the certificate.
+    #[schemars(with = "leaf::FilePath")]
     pub key: PathBuf,
 }
 
 /// The admin listener.
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address to bind.
+    /// IP:port to bind (9190: off node_exporter's 9100 and Prometheus' own 9090-9093).
+    #[serde(with = "leaf::bind")]
+    #[schemars(with = "leaf::Bind")]
     pub bind: SocketAddr,
-    /// Bearer token that mutating admin calls must present; `None` = loopback peers only.
+    /// Bearer token that mutating admin calls must present (at least 16 bytes); absent =
+    /// loopback peers only.
+    #[schemars(with = "Option<leaf::NonEmpty>")]
     pub token: Option<String>,
-    /// Open admin connections at once (default 16); more are closed at accept.
+    /// File holding `token` (a Docker/Kubernetes secret; one trailing newline is ignored).
+    #[schemars(with = "Option<leaf::FilePath>")]
+    pub token_file: Option<PathBuf>,
+    /// Open admin connections at once; more are closed at accept.
+    #[schemars(range(min = 1))]
     pub max_connections: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 9190)),
+            token: None,
+            token_file: None,
+            max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+        }
+    }
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -73,6 +161,7 @@ impl std::fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("bind", &self.bind)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
             .field("max_connections", &self.max_connections)
             .finish()
     }
@@ -84,7 +173,9 @@ pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 16;
 pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 
 /// One named authenticator.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+#[schemars(extend("x-tag-noun" = "authenticator type"))]
 pub enum AuthConfig {
     /// HTTP Basic against an htpasswd file.
     Basic(BasicConfig),
@@ -93,35 +184,95 @@ pub enum AuthConfig {
 }
 
 /// `type: basic`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(extend("required" = ["htpasswd"]))]
 pub struct BasicConfig {
-    /// Realm sent in `WWW-Authenticate` (default `wsgate`).
+    /// Realm sent in `WWW-Authenticate`.
+    #[schemars(with = "leaf::Realm")]
     pub realm: String,
-    /// htpasswd file with bcrypt or argon2id hashes.
+    /// htpasswd file: user:hash lines, bcrypt ($2a$/$2b$/$2y$) or argon2id.
+    #[schemars(with = "leaf::FilePath")]
     pub htpasswd: PathBuf,
-    /// How long a verified user/password pair is remembered (default 60s; 0 disables).
+    /// How long a verified user/password pair is remembered (0s = off).
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::DurationStr")]
     pub cache_ttl: Duration,
 }
 
+impl Default for BasicConfig {
+    fn default() -> Self {
+        Self {
+            realm: "wsgate".into(),
+            htpasswd: PathBuf::new(),
+            cache_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
 /// `type: jwt`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(extend("required" = ["algorithms"]))]
 pub struct JwtConfig {
-    /// Query parameter carrying the token (default `token`).
+    /// Query parameter carrying the token (also accepted: `Authorization: Bearer`).
+    #[schemars(with = "leaf::QueryParam")]
     pub query_param: String,
-    /// Allowed algorithms; non-empty, all of one key family (HMAC, or asymmetric).
+    /// Allowed algorithms, all of one key family; `none` is never accepted.
+    #[serde(with = "leaf::algorithms")]
+    #[schemars(with = "leaf::OneOrMany<leaf::Alg>")]
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
-    /// Verification key.
+    /// The verification key, from `secret`, `secret_file` or `public_key` (set by validation).
+    #[serde(skip)]
     pub key: JwtKey,
+    /// HS256/384/512 shared secret, at least 32 bytes.
+    #[schemars(with = "Option<leaf::NonEmpty>")]
+    pub secret: Option<leaf::Secret>,
+    /// File holding `secret` (a Docker/Kubernetes secret; one trailing newline is ignored).
+    #[schemars(with = "Option<leaf::FilePath>")]
+    pub secret_file: Option<PathBuf>,
+    /// PEM public key file for RS*/PS*/ES*/EdDSA.
+    #[schemars(with = "Option<leaf::FilePath>")]
+    pub public_key: Option<PathBuf>,
     /// Required `iss`, when set.
+    #[schemars(with = "Option<leaf::NonEmpty>")]
     pub issuer: Option<String>,
-    /// Accepted `aud` values (any one matches), when set.
+    /// Accepted `aud` values (any one matches), when set: a string or a list.
+    #[serde(with = "leaf::audience")]
+    #[schemars(
+        with = "Option<leaf::OneOrMany<leaf::NonEmpty>>",
+        extend("errorMessage" = {"minItems": "must not be an empty list (remove the key to accept any audience)"})
+    )]
     pub audience: Option<Vec<String>>,
-    /// Clock skew allowed on `exp`/`nbf` (default 30s).
+    /// Clock skew allowed on `exp`/`nbf`.
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::DurationStr")]
     pub leeway: Duration,
-    /// Tokens longer than this are refused as malformed before decoding (default 8192).
+    /// Tokens longer than this are refused as malformed before decoding.
+    #[schemars(range(min = 1))]
     pub max_token_bytes: usize,
     /// When set, `iat` is required and a token issued longer ago (plus leeway) is refused.
+    #[serde(with = "leaf::opt_duration")]
+    #[schemars(with = "Option<leaf::DurationStr>")]
     pub max_token_age: Option<Duration>,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            query_param: "token".into(),
+            algorithms: Vec::new(),
+            key: JwtKey::default(),
+            secret: None,
+            secret_file: None,
+            public_key: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+            max_token_bytes: 8192,
+            max_token_age: None,
+        }
+    }
 }
 
 /// Where a JWT verification key comes from.
@@ -131,6 +282,13 @@ pub enum JwtKey {
     Secret(String),
     /// PEM public key file for RS*/PS*/ES*/EdDSA.
     PublicKey(PathBuf),
+}
+
+impl Default for JwtKey {
+    // Only a placeholder until validation sets the real key; an empty secret is refused.
+    fn default() -> Self {
+        JwtKey::Secret(String::new())
+    }
 }
 
 impl std::fmt::Debug for JwtKey {
@@ -144,26 +302,51 @@ impl std::fmt::Debug for JwtKey {
 }
 
 /// One route: a path prefix, an upstream and the authenticators that guard it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(extend("required" = ["path", "upstream"]))]
 pub struct RouteConfig {
-    /// Path prefix: starts with `/`, no trailing `/` (except the root `/`), no `?`/`#`.
+    /// Path prefix: starts with `/`, no trailing `/` (except the root `/`), canonical form.
+    #[schemars(with = "leaf::RoutePath")]
     pub path: String,
-    /// Where accepted requests go: one or more servers (a pool).
+    /// ws:// or wss:// URL (http/https accepted as aliases), or a list of them (a pool).
+    #[serde(rename = "upstream", with = "leaf::upstreams")]
+    #[schemars(
+        with = "leaf::OneOrMany<leaf::UpstreamUrl>",
+        extend("errorMessage" = {"minItems": "at least one upstream URL is required"})
+    )]
     pub upstreams: Vec<UpstreamConfig>,
+    /// Authenticator names (any one admits); absent = open route.
+    #[serde(with = "leaf::names")]
+    #[schemars(
+        with = "leaf::OneOrMany<String>",
+        extend("errorMessage" = {
+            "minItems": "an empty list names no authenticator: omit the key for an open route, or list at least one authenticator",
+            "type": "expected a list of authenticator names"
+        })
+    )]
+    pub auth: Vec<String>,
     /// How a pool picks a server.
     pub balance: Balance,
     /// CA file trusted for `wss://` upstreams instead of the system roots.
+    #[schemars(with = "Option<leaf::FilePath>")]
     pub ca: Option<PathBuf>,
-    /// Allowed browser `Origin`s; `None` = any origin.
+    /// Allowed browser `Origin`s (`https://app.example.com`, `https://*.example.com`);
+    /// absent = any origin.
+    #[serde(with = "leaf::origins")]
+    #[schemars(
+        with = "Option<Vec<leaf::Origin>>",
+        extend("minItems" = 1, "errorMessage" = {"minItems": "an empty list would refuse every browser: remove the key to allow any origin"})
+    )]
     pub origins: Option<Vec<OriginPattern>>,
-    /// Names of authenticators (keys of `Config::auth`); empty = open route.
-    pub auth: Vec<String>,
 }
 
 /// How a route with several upstream servers picks one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum Balance {
     /// Next healthy server in turn.
+    #[default]
     RoundRobin,
     /// The healthy server with the fewest open connections.
     LeastConnections,
@@ -220,46 +403,112 @@ pub struct UpstreamConfig {
 }
 
 /// `shutdown:` section.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// How long open connections may finish after SIGTERM (default 30s).
+    /// How long open connections may finish after SIGTERM/SIGINT.
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::DurationStr")]
     pub drain_timeout: Duration,
 }
 
-/// `timeouts:` section.
-#[derive(Debug, Clone, PartialEq)]
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `timeouts:` section. A zero timeout would fail every connection, so all but
+/// `tunnel_idle` must be longer than 0s.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct TimeoutsConfig {
-    /// TLS handshake (default 10s).
+    /// TLS handshake.
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::PositiveDuration")]
     pub tls_handshake: Duration,
-    /// Reading the request head (default 10s).
+    /// Reading the request head; slow request heads are dropped.
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::PositiveDuration")]
     pub request_header: Duration,
-    /// TCP (+TLS) connect to the upstream (default 5s); exceeded = 504.
+    /// TCP (+TLS) connect to the upstream; exceeded = 504.
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::PositiveDuration")]
     pub upstream_connect: Duration,
-    /// Waiting for the upstream's response head (default 30s); exceeded = 504.
+    /// Waiting for the upstream's response head; exceeded = 504.
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::PositiveDuration")]
     pub upstream_response: Duration,
-    /// A tunnel with no bytes either way for this long is closed (default 1h; 0 = never).
+    /// A tunnel with no bytes either way for this long is closed (0s = never).
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::DurationStr")]
     pub tunnel_idle: Duration,
-    /// How long a pool server that failed to connect is skipped (default 10s).
+    /// How long a pool server that failed to connect is skipped.
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::PositiveDuration")]
     pub upstream_retry: Duration,
 }
 
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            tls_handshake: Duration::from_secs(10),
+            request_header: Duration::from_secs(10),
+            upstream_connect: Duration::from_secs(5),
+            upstream_response: Duration::from_secs(30),
+            tunnel_idle: Duration::from_secs(3600),
+            upstream_retry: Duration::from_secs(10),
+        }
+    }
+}
+
 /// `limits:` section.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Open client connections across all listeners (default 10000).
+    /// Open client connections across all listeners (tunnels included).
+    #[schemars(range(min = 1))]
     pub max_connections: usize,
-    /// Concurrent password-hash verifications (default: number of CPUs).
+    /// Password-hash verifications at once (default: the number of CPUs).
+    // No schema default: it depends on the machine, and the schema file must not.
+    #[serde(skip_serializing)]
+    #[schemars(range(min = 1))]
     pub max_concurrent_hashes: usize,
-    /// Password hashes in flight (running or queued) per client (default 2; 0 = unlimited).
+    /// Password checks running or queued per client (0 = unlimited).
+    // On by default: it only bites a client with several uncached password checks at
+    // once, and stops one client from filling the hash queue for everyone.
     pub max_hashes_per_ip: usize,
-    /// Open connections per client (default 0 = unlimited; see the README's hardened profile).
+    /// Open connections per client (0 = unlimited; see the README's hardened profile).
+    // Per-client caps are off unless set: behind a NAT or a load balancer without
+    // `trusted_proxies` they would cap the whole site.
     pub max_connections_per_ip: usize,
-    /// Sustained upgrades and authenticated requests per second per client (default 0 = off).
+    /// Sustained upgrades and authenticated requests per second per client (0 = off).
     pub handshake_rate_per_ip: u32,
-    /// Burst of requests allowed above the rate (default 40).
+    /// Burst of requests allowed above the rate.
+    #[schemars(range(min = 1))]
     pub handshake_burst_per_ip: u32,
-    /// IPv6 clients are grouped by this prefix length for per-client limits (default 64).
+    /// IPv6 clients are grouped by this prefix length for per-client limits.
+    #[schemars(range(min = 1, max = 128))]
     pub ipv6_prefix: u8,
-    /// Connections accepted but not yet past their first request (default 1024).
+    /// Connections accepted but not yet past their first request.
+    #[schemars(range(min = 1))]
     pub max_pending_handshakes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_concurrent_hashes: std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get),
+            max_hashes_per_ip: 2,
+            max_connections_per_ip: 0,
+            handshake_rate_per_ip: 0,
+            handshake_burst_per_ip: 40,
+            ipv6_prefix: 64,
+            max_pending_handshakes: 1024,
+        }
+    }
 }

@@ -1,0 +1,315 @@
+//! Rules that span keys, run on the typed [`Config`] once the schema walk is done: binds that
+//! conflict, duplicate routes and servers, references to authenticators, JWT keys (with
+//! `jwt_rules`), secrets read from files, file names resolved against the config's folder.
+//!
+//! Values the schema walk refused were replaced by inert placeholders (port 0, empty lists),
+//! and problems under an already reported path are dropped, so nothing is reported twice.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use jsonwebtoken::AlgorithmFamily;
+use serde_json::Value;
+
+use super::jwt_rules::alg_name;
+use super::schema::{Problems, Seg};
+use super::types::*;
+use super::validate;
+
+fn key(k: &str) -> Seg {
+    Seg::Key(k.to_owned())
+}
+
+fn p(segs: &[Seg]) -> Vec<Seg> {
+    segs.to_vec()
+}
+
+/// The path of item `i` of the value at `at`: `at[i]` when the YAML wrote a list, `at`
+/// when it wrote the one-value short form.
+fn item(tree: &Value, at: &[Seg], i: usize) -> Vec<Seg> {
+    let mut v = Some(tree);
+    for seg in at {
+        v = match (seg, v) {
+            (Seg::Key(k), Some(Value::Object(m))) => m.get(k),
+            (Seg::Idx(n), Some(Value::Array(a))) => a.get(*n),
+            _ => None,
+        };
+    }
+    let mut out = at.to_vec();
+    if matches!(v, Some(Value::Array(_))) {
+        out.push(Seg::Idx(i));
+    }
+    out
+}
+
+/// Runs every cross-key rule on `c`, reading `secret_file`/`token_file` and resolving files.
+pub(crate) fn check(c: &mut Config, tree: &Value, base_dir: &Path, problems: &mut Problems) {
+    let listeners = listeners(c, problems);
+    if let Some(admin) = &mut c.admin {
+        admin_rules(admin, &listeners, base_dir, problems);
+    }
+    // Every name written under auth counts as defined, valid or not, so a broken
+    // authenticator is not also reported as unknown by every route using it.
+    let defined: BTreeSet<String> = tree
+        .get("auth")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    for name in &defined {
+        if let Err(msg) = validate::auth_name(name) {
+            problems.push(&[key("auth"), key(name)], msg);
+        }
+    }
+    for (name, auth) in &mut c.auth {
+        let at = [key("auth"), key(name)];
+        match auth {
+            AuthConfig::Basic(b) => b.htpasswd = base_dir.join(&b.htpasswd),
+            AuthConfig::Jwt(j) => jwt(j, tree, &at, base_dir, problems),
+        }
+    }
+    routes(c, tree, &defined, base_dir, problems);
+    for l in &mut c.listeners {
+        if let Some(tls) = &mut l.tls {
+            tls.cert = base_dir.join(&tls.cert);
+            tls.key = base_dir.join(&tls.key);
+        }
+    }
+}
+
+fn conflict_message(bind: SocketAddr, other: &[Seg]) -> String {
+    format!(
+        "{bind} conflicts with {} (same port on an overlapping address)",
+        super::schema::display(other)
+    )
+}
+
+/// Each listener bind that does not conflict with an earlier one, with its path.
+fn listeners(c: &Config, problems: &mut Problems) -> Vec<(SocketAddr, Vec<Seg>)> {
+    let mut out: Vec<(SocketAddr, Vec<Seg>)> = Vec::new();
+    for (i, l) in c.listeners.iter().enumerate() {
+        let at = [key("listeners"), Seg::Idx(i), key("bind")];
+        if let Some((_, other)) = out
+            .iter()
+            .find(|(b, _)| validate::binds_conflict(*b, l.bind))
+        {
+            problems.push(&at, conflict_message(l.bind, other));
+            continue;
+        }
+        out.push((l.bind, p(&at)));
+    }
+    out
+}
+
+fn admin_rules(
+    admin: &mut AdminConfig,
+    listeners: &[(SocketAddr, Vec<Seg>)],
+    base_dir: &Path,
+    problems: &mut Problems,
+) {
+    if let Some((_, other)) = listeners
+        .iter()
+        .find(|(b, _)| validate::binds_conflict(*b, admin.bind))
+    {
+        problems.push(
+            &[key("admin"), key("bind")],
+            conflict_message(admin.bind, other),
+        );
+    }
+    let (token_at, file_at) = (
+        [key("admin"), key("token")],
+        [key("admin"), key("token_file")],
+    );
+    if let Some(file) = &mut admin.token_file {
+        *file = base_dir.join(&*file);
+        if admin.token.is_some() {
+            problems.push(&file_at, "set only one of token or token_file");
+        } else {
+            admin.token = read_secret(file, &file_at, problems);
+        }
+    }
+    let at = if admin.token_file.is_some() {
+        &file_at
+    } else {
+        &token_at
+    };
+    if let Some(t) = &admin.token
+        && t.len() < MIN_ADMIN_TOKEN_BYTES
+    {
+        problems.push(
+            at,
+            format!("must be at least {MIN_ADMIN_TOKEN_BYTES} bytes (e.g. `openssl rand -hex 32`)"),
+        );
+    }
+}
+
+/// Reads a secret file: one trailing newline (what `echo` and most editors add) is not part
+/// of the secret; an empty secret is refused. The content is never put in a message.
+pub(crate) fn read_secret(file: &Path, at: &[Seg], problems: &mut Problems) -> Option<String> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push(at, format!("cannot read {}: {e}", file.display()));
+            return None;
+        }
+    };
+    let text = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if text.is_empty() {
+        problems.push(at, format!("{} is empty", file.display()));
+        return None;
+    }
+    Some(text.to_owned())
+}
+
+fn jwt(j: &mut JwtConfig, tree: &Value, at: &[Seg], base_dir: &Path, problems: &mut Problems) {
+    let under = |k: &str| [at, &[key(k)]].concat();
+    let algs_at = under("algorithms");
+    let mut unique = Vec::new();
+    for (i, a) in j.algorithms.iter().enumerate() {
+        if unique.contains(a) {
+            problems.push(
+                &item(tree, &algs_at, i),
+                format!("{} is listed twice", alg_name(*a)),
+            );
+        } else {
+            unique.push(*a);
+        }
+    }
+    j.algorithms = unique;
+    for f in [&mut j.secret_file, &mut j.public_key]
+        .into_iter()
+        .flatten()
+    {
+        *f = base_dir.join(&*f);
+    }
+    let secret_file_at = under("secret_file");
+    // A key value already refused (an unset ${VAR}, a wrong type) says nothing more.
+    if ["secret", "secret_file", "public_key"]
+        .iter()
+        .any(|k| problems.is_poisoned(&under(k)))
+    {
+        return;
+    }
+    let key = match (j.secret.take(), &j.secret_file, &j.public_key) {
+        (Some(_), Some(_), _) => {
+            problems.push(&secret_file_at, "set only one of secret or secret_file");
+            None
+        }
+        (Some(_), None, Some(_)) => {
+            problems.push(at, "set only one of secret or public_key");
+            None
+        }
+        (None, Some(_), Some(_)) => {
+            problems.push(at, "set only one of secret_file or public_key");
+            None
+        }
+        (Some(s), None, None) => Some(JwtKey::Secret(s.0)),
+        (None, Some(f), None) => read_secret(f, &secret_file_at, problems).map(JwtKey::Secret),
+        (None, None, Some(k)) => Some(JwtKey::PublicKey(k.clone())),
+        (None, None, None) => {
+            // Which key is missing depends on the family.
+            let msg = match j.algorithms.first() {
+                Some(a) if a.family() == AlgorithmFamily::Hmac => format!(
+                    "{} needs a shared secret: set secret (or secret_file)",
+                    alg_name(*a)
+                ),
+                Some(a) => format!(
+                    "{} needs a public key: set public_key to a PEM file",
+                    alg_name(*a)
+                ),
+                None => "one of secret, secret_file or public_key is required".to_string(),
+            };
+            problems.push(at, msg);
+            None
+        }
+    };
+    let Some(key) = key else { return };
+    j.key = key;
+    // Key/family, secret length and the like are rules on the typed config, shared with the
+    // authenticator's build.
+    if let Err(found) = super::jwt_rules::check(j) {
+        for (field, message) in found {
+            let field = if field == "secret" && j.secret_file.is_some() {
+                "secret_file"
+            } else {
+                field
+            };
+            problems.push(&under(field), message);
+        }
+    }
+}
+
+fn routes(
+    c: &mut Config,
+    tree: &Value,
+    defined: &BTreeSet<String>,
+    base_dir: &Path,
+    problems: &mut Problems,
+) {
+    let mut seen: Vec<(String, Vec<Seg>)> = Vec::new();
+    for (i, r) in c.routes.iter_mut().enumerate() {
+        let at = [key("routes"), Seg::Idx(i)];
+        let under = |k: &str| [&at[..], &[key(k)]].concat();
+        let path_at = under("path");
+        // An empty path is the placeholder of a refused one.
+        if !r.path.is_empty() {
+            if let Some((q, other)) = seen.iter().find(|(q, _)| validate::same_route(q, &r.path)) {
+                let msg = validate::same_route_message(&r.path, q, &super::schema::display(other));
+                problems.push(&path_at, msg);
+            } else {
+                seen.push((r.path.clone(), path_at));
+            }
+        }
+        let up_at = under("upstream");
+        let mut servers: Vec<UpstreamConfig> = Vec::new();
+        for (n, u) in r.upstreams.iter().enumerate() {
+            if servers.iter().any(|o| o.host == u.host && o.port == u.port) {
+                problems.push(&item(tree, &up_at, n), "this server is listed twice");
+            } else {
+                servers.push(u.clone());
+            }
+        }
+        if let Some(ca) = &mut r.ca {
+            *ca = base_dir.join(&*ca);
+            if !r.upstreams.is_empty() && !r.upstreams.iter().any(|u| u.tls) {
+                problems.push(
+                    &under("ca"),
+                    "a CA file only applies to wss:// upstreams, and this route has none",
+                );
+            }
+        }
+        let auth_at = under("auth");
+        let mut names: Vec<String> = Vec::new();
+        for (n, name) in r.auth.iter().enumerate() {
+            let at = item(tree, &auth_at, n);
+            if !defined.contains(name) {
+                let known = if defined.is_empty() {
+                    "no authenticators are defined under auth".to_string()
+                } else {
+                    format!(
+                        "defined: {}",
+                        defined
+                            .iter()
+                            .map(String::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                problems.push(
+                    &at,
+                    format!(
+                        "unknown authenticator \"{}\" ({known})",
+                        name.escape_debug()
+                    ),
+                );
+            } else if names.contains(name) {
+                problems.push(&at, format!("\"{name}\" is listed twice"));
+            } else {
+                names.push(name.clone());
+            }
+        }
+    }
+}
