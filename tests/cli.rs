@@ -735,6 +735,25 @@ fn subcommands_from_help(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The Debian package's /etc/wsgate/config.yaml must start as installed: no secret to set,
+/// no file to create, nothing to warn about.
+#[test]
+fn packaged_config_checks_without_secrets_or_warnings() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = run(wsgate(repo)
+        .arg("check")
+        .arg("--config")
+        .arg(repo.join("contrib/deb/config.yaml"))
+        .env_remove("WSGATE_JWT_SECRET"));
+    assert_eq!(
+        (out.status.code(), stdout(&out).trim().to_string()),
+        (Some(0), "ok".to_string()),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}
+
 #[test]
 fn completions_cover_every_subcommand() {
     let dir = tempfile::tempdir().unwrap();

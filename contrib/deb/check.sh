@@ -25,12 +25,21 @@ fail() { echo "FAILED: $*" >&2; exit 1; }
 
 gate_pid=""
 work="$(mktemp -d)"
+# man-db's dpkg trigger rebuilds the whole man index after the install and again after the
+# purge (~25 s each here); `man -l` needs no index, so the trigger is off while this runs.
+mandb_flag=/var/lib/man-db/auto-update
+mandb_off=""
+if [ -e "$mandb_flag" ]; then
+    mv "$mandb_flag" "$work/man-db-auto-update"
+    mandb_off=1
+fi
 cleanup() {
     if [ -n "$gate_pid" ]; then kill "$gate_pid" 2>/dev/null || true; fi
     rm -f /etc/wsgate/check.yaml
     if dpkg-query -W -f='${Status}' wsgate 2>/dev/null | grep -q installed; then
         dpkg --purge wsgate >/dev/null 2>&1 || true
     fi
+    if [ -n "$mandb_off" ]; then mv "$work/man-db-auto-update" "$mandb_flag"; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
