@@ -1,7 +1,8 @@
 //! Provides `WSGATE_GIT_COMMIT` (short commit hash, or `unknown`) for `--version` and
-//! `wsgate_build_info`. Never fails the build: a tarball, a crate without `.git` or a
-//! machine without git all get `unknown`. A `WSGATE_GIT_COMMIT` set in the build's
-//! environment wins (Docker builds, whose context has no `.git`).
+//! `wsgate_build_info`, and `WSGATE_GIT_DATE` (its date, for the man page). Never fails the
+//! build: a tarball, a crate without `.git` or a machine without git all get `unknown`. A
+//! `WSGATE_GIT_COMMIT` set in the build's environment wins (Docker builds, whose context has
+//! no `.git`).
 
 use std::path::Path;
 use std::process::Command;
@@ -33,6 +34,9 @@ fn main() {
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=WSGATE_GIT_COMMIT={commit}");
+    // The man page's date: the commit's, so that the same commit gives the same page.
+    let date = git(&["log", "-1", "--format=%cs", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=WSGATE_GIT_DATE={date}");
 
     // Ask git for the paths: in a worktree `.git` is a file and HEAD lives elsewhere, and
     // the branch ref may be loose or in packed-refs.

@@ -10,6 +10,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use wsgate::config;
 
+mod cli_docs;
+mod cli_summary;
+
 // mimalloc returns freed memory to the OS more eagerly than glibc's malloc and fragments
 // less under many short-lived handshake buffers, which is what RSS per idle tunnel measures
 // (see bench/RESULTS.md).
@@ -89,6 +92,13 @@ enum Command {
         #[arg(long)]
         argon2: bool,
     },
+    /// Print a shell completion script to stdout (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// Shell to print the script for
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout; read it with `wsgate man | man -l -`
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -105,8 +115,14 @@ fn main() -> ExitCode {
             auth,
         }) => token(&cli.config, &sub, ttl, &claims, auth.as_deref()),
         Some(Command::Healthcheck { addr }) => healthcheck(&cli.config, addr.as_deref()),
+        Some(Command::Completions { shell }) => cli_docs::completions(clap_cmd(), shell),
+        Some(Command::Man) => cli_docs::man(clap_cmd()),
         None => serve(&cli.config),
     }
+}
+
+fn clap_cmd() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Logs go through a background writer thread: the access log is one line per tunnel and
@@ -267,6 +283,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    cli_summary::log_start(&config);
     for w in config::warnings(&config) {
         tracing::warn!("config: {w}");
     }

@@ -717,6 +717,211 @@ fn version_and_help() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Operator's kit: completions, man page, start-up line
+// ---------------------------------------------------------------------------------------
+
+/// The subcommands `--help` lists (without `help`), so the completion test follows new ones.
+fn subcommands_from_help(dir: &Path) -> Vec<String> {
+    let help = stdout(&run(wsgate(dir).arg("--help")));
+    let names: Vec<String> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|n| n != "help")
+        .collect();
+    assert!(names.iter().any(|n| n == "check"), "{help}");
+    names
+}
+
+/// The Debian package's /etc/wsgate/config.yaml must start as installed: no secret to set,
+/// no file to create, nothing to warn about.
+#[test]
+fn packaged_config_checks_without_secrets_or_warnings() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = run(wsgate(repo)
+        .arg("check")
+        .arg("--config")
+        .arg(repo.join("contrib/deb/config.yaml"))
+        .env_remove("WSGATE_JWT_SECRET"));
+    assert_eq!(
+        (out.status.code(), stdout(&out).trim().to_string()),
+        (Some(0), "ok".to_string()),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}
+
+#[test]
+fn completions_cover_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let subcommands = subcommands_from_help(dir.path());
+    let out = run(wsgate(dir.path()).args(["completions", "bash"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let bash = stdout(&out);
+    assert!(bash.contains("complete -F _wsgate"), "{bash}");
+    for sub in &subcommands {
+        assert!(bash.contains(sub.as_str()), "bash completion lacks {sub}");
+    }
+    for (shell, marker) in [("zsh", "#compdef wsgate"), ("fish", "complete -c wsgate")] {
+        let out = run(wsgate(dir.path()).args(["completions", shell]));
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        assert!(script.contains(marker), "{shell}:\n{script}");
+        assert!(script.contains("hash-password"), "{shell}:\n{script}");
+    }
+}
+
+#[test]
+fn completions_for_an_unknown_shell_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(wsgate(dir.path()).args(["completions", "bogus"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("invalid value 'bogus'"), "{err}");
+    assert!(
+        err.contains("bash") && err.contains("zsh") && err.contains("fish"),
+        "{err}"
+    );
+}
+
+#[test]
+fn man_page_documents_each_subcommand_exit_codes_and_signals() {
+    let dir = tempfile::tempdir().unwrap();
+    let subcommands = subcommands_from_help(dir.path());
+    let out = run(wsgate(dir.path()).arg("man"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let page = stdout(&out);
+    assert!(page.contains(".TH WSGATE 1"), "{page}");
+    assert!(page.contains(env!("CARGO_PKG_VERSION")), "{page}");
+    for sub in &subcommands {
+        // Each subcommand has its own subsection on this one page (clap_mangen's default
+        // would point at separate wsgate-check(1) pages that do not exist).
+        let heading = format!(".SS \"wsgate {sub}");
+        assert!(page.contains(&heading), "man page lacks {heading}:\n{page}");
+    }
+    assert!(!page.contains("wsgate\\-check(1)"), "{page}");
+    for section in [
+        ".SH OPTIONS",
+        ".SH \"EXIT STATUS\"",
+        ".SH SIGNALS",
+        ".SH ENVIRONMENT",
+    ] {
+        assert!(page.contains(section), "man page lacks {section}:\n{page}");
+    }
+    assert!(page.contains("WSGATE_CONFIG"), "{page}");
+    // The token subcommand's own options, with their defaults.
+    assert!(page.contains("\\-\\-ttl"), "{page}");
+    // Renders without warnings where a formatter is installed.
+    if Command::new("groff").arg("--version").output().is_ok() {
+        let mut child = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(page.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert!(
+            out.stderr.is_empty(),
+            "groff: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_logs_version_commit_listeners_admin_and_routes() {
+    let files = Files::new();
+    files.cert("tls");
+    let hash_line = htpasswd_line("alice", "pw");
+    files.write("users.htpasswd", &hash_line);
+    let (plain, tls, admin) = (free_port(), free_port(), free_port());
+    let cfg = files.write(
+        "cfg.yaml",
+        &format!(
+            r#"listeners:
+  - bind: "127.0.0.1:{plain}"
+  - bind: "127.0.0.1:{tls}"
+    tls:
+      cert: tls.crt
+      key: tls.key
+admin:
+  bind: "127.0.0.1:{admin}"
+auth:
+  users:
+    type: basic
+    realm: wsgate
+    htpasswd: users.htpasswd
+  jwt:
+    type: jwt
+    algorithms: [HS256]
+    secret: "${{WSGATE_JWT_SECRET}}"
+routes:
+  - path: /open
+    upstream: ws://127.0.0.1:3000
+  - path: /ws
+    upstream: ws://127.0.0.1:3000
+    auth: [users, jwt]
+    origins: ["http://127.0.0.1:8000"]
+"#
+        ),
+    );
+    let mut gate = Proc::spawn(
+        files.dir.path(),
+        &["--log-format", "json", "--config", cfg.to_str().unwrap()],
+        "info",
+    );
+    gate.wait_healthy(addr(admin)).await;
+    gate.signal("TERM");
+    gate.wait_exit(Duration::from_secs(6)).await.expect("exit");
+    let log = gate.log();
+    let starts: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "wsgate starting")
+        .collect();
+    assert_eq!(starts.len(), 1, "one start-up line expected:\n{log}");
+    let line = &starts[0];
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["version"], env!("CARGO_PKG_VERSION"), "{line}");
+    // The same commit `--version` shows.
+    let version = stdout(&run(wsgate(files.dir.path()).arg("--version")));
+    let commit = line["commit"].as_str().unwrap_or_default();
+    assert!(!commit.is_empty(), "{line}");
+    assert!(
+        version.contains(&format!("(commit {commit})")),
+        "{version} vs {line}"
+    );
+    assert_eq!(
+        line["listeners"],
+        format!("127.0.0.1:{plain} (tls no), 127.0.0.1:{tls} (tls yes)"),
+        "{line}"
+    );
+    assert_eq!(line["admin"], format!("127.0.0.1:{admin}"), "{line}");
+    assert_eq!(line["route_count"], 2, "{line}");
+    assert_eq!(
+        line["routes"], "/open (open), /ws (auth users|jwt)",
+        "{line}"
+    );
+    // Names and addresses only: no secret, hash or upstream reaches the log.
+    let hash = hash_line.trim().split_once(':').unwrap().1;
+    for secret in [JWT_SECRET, hash, "127.0.0.1:3000"] {
+        assert!(!log.contains(secret), "{secret} logged:\n{log}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Signals
 // ---------------------------------------------------------------------------------------
 
