@@ -1201,6 +1201,8 @@ mod tests {
         s.extend(tframe(0, false, false, &[0; 200], None)); // 4 + 200: total 300
         s.extend(tframe(0, true, false, &[0; 5], None)); // total 305
         s.extend(tframe(1, true, false, &[0; 100], None)); // a new message of exactly 100
+        let third = s.len();
+        s.extend(tframe(1, true, false, &[0; 101], None)); // and one over again
         for cut in 0..=s.len() {
             let mut t = FrameTracker::new(S2C, false);
             let ev = feed_cut(&mut t, &s, &[cut], 100);
@@ -1208,8 +1210,18 @@ mod tests {
                 .iter()
                 .filter(|e| matches!(e, Event::MessageTooBig { .. }))
                 .collect();
-            // At the 200-byte frame's header (42 + 62 + 4), before its payload.
-            assert_eq!(big, [&Event::MessageTooBig { len: 300, at: 108 }]);
+            // At the 200-byte frame's header (42 + 62 + 4), before its payload; then at
+            // the third message's header.
+            assert_eq!(
+                big,
+                [
+                    &Event::MessageTooBig { len: 300, at: 108 },
+                    &Event::MessageTooBig {
+                        len: 101,
+                        at: third + 2
+                    }
+                ]
+            );
             assert!(ev.contains(&Event::MessageEnd {
                 kind: MessageKind::Binary,
                 compressed: false,
