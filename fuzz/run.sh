@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-TARGETS=(config_parse credentials forwarded_headers path_canonical)
+TARGETS=(config_parse credentials forwarded_headers frame_tracker path_canonical)
 MODE=fuzz
 SECONDS_EACH=60
 case "${1:-}" in

@@ -7,7 +7,8 @@
 //!   limits)                                   drain)         refusals via                            101 check)             registry entry)
 //!                                                            proxy::response)
 //!  side channels: metrics (handles), admin (/metrics /healthz /readyz, POST /reload), tracing logs,
-//!                 registry (open tunnels: idle sweeper, drain deadline, future admin API)
+//!                 registry (open tunnels: idle sweeper, drain deadline, future admin API),
+//!                 frames (WebSocket frame boundaries seen by the splice; builds injected frames)
 //!  leaves: config (YAML → typed), runtime (typed → loaded state, swapped on reload), forwarded
 //!          (client address, X-Forwarded-For, Forwarded), headers (underscore twins, Host,
 //!          the upstream's 101), limits (per-IP counters)
@@ -31,6 +32,7 @@ pub mod balance;
 pub mod config;
 pub mod drain;
 pub mod forwarded;
+pub mod frames;
 pub mod headers;
 pub mod healthcheck;
 pub mod limits;
