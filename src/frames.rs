@@ -227,6 +227,50 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The same event with its offsets moved by `base`: offsets relative to the chunk become
+    /// offsets in a stream whose chunk started at `base`.
+    pub fn shifted(self, base: usize) -> Event {
+        let b = base as isize;
+        match self {
+            Event::FrameStart(mut f) => {
+                f.payload_at += base;
+                Event::FrameStart(f)
+            }
+            Event::FrameEnd { opcode, fin, end } => Event::FrameEnd {
+                opcode,
+                fin,
+                end: end + base,
+            },
+            Event::MessageEnd {
+                kind,
+                compressed,
+                len,
+                end,
+            } => Event::MessageEnd {
+                kind,
+                compressed,
+                len,
+                end: end + base,
+            },
+            Event::MessageTooBig { len, at } => Event::MessageTooBig { len, at: at + base },
+            Event::Close { code, start, end } => Event::Close {
+                code,
+                start: start + b,
+                end: end + base,
+            },
+            Event::Pong { start, end } => Event::Pong {
+                start: start + b,
+                end: end + base,
+            },
+            Event::Untrackable { reason, at } => Event::Untrackable {
+                reason,
+                at: at + base,
+            },
+        }
+    }
+}
+
 /// Pass as `max_message` to [`FrameTracker::feed`] for no message-size limit.
 pub const NO_LIMIT: u64 = u64::MAX;
 
@@ -805,51 +849,11 @@ mod tests {
         let mut base = 0;
         for &end in cuts.iter().chain(std::iter::once(&stream.len())) {
             t.feed(&stream[base..end], limit, &mut |e| {
-                events.push(shift(e, base))
+                events.push(e.shifted(base))
             });
             base = end;
         }
         events
-    }
-
-    fn shift(e: Event, base: usize) -> Event {
-        let b = base as isize;
-        match e {
-            Event::FrameStart(mut f) => {
-                f.payload_at += base;
-                Event::FrameStart(f)
-            }
-            Event::FrameEnd { opcode, fin, end } => Event::FrameEnd {
-                opcode,
-                fin,
-                end: end + base,
-            },
-            Event::MessageEnd {
-                kind,
-                compressed,
-                len,
-                end,
-            } => Event::MessageEnd {
-                kind,
-                compressed,
-                len,
-                end: end + base,
-            },
-            Event::MessageTooBig { len, at } => Event::MessageTooBig { len, at: at + base },
-            Event::Close { code, start, end } => Event::Close {
-                code,
-                start: start + b,
-                end: end + base,
-            },
-            Event::Pong { start, end } => Event::Pong {
-                start: start + b,
-                end: end + base,
-            },
-            Event::Untrackable { reason, at } => Event::Untrackable {
-                reason,
-                at: at + base,
-            },
-        }
     }
 
     fn whole(dir: Direction, deflate: bool, stream: &[u8]) -> (FrameTracker, Vec<Event>) {
@@ -1274,7 +1278,7 @@ mod tests {
                 };
                 assert_eq!(held, want_held, "{dir:?} cut {cut}");
                 let mut ev = ev;
-                t.feed(&s[cut..], NO_LIMIT, &mut |e| ev.push(shift(e, cut)));
+                t.feed(&s[cut..], NO_LIMIT, &mut |e| ev.push(e.shifted(cut)));
                 let pongs: Vec<_> = ev
                     .iter()
                     .filter(|e| matches!(e, Event::Pong { .. }))

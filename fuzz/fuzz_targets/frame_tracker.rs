@@ -90,51 +90,11 @@ fn streamed(s: &Setup, stream: &[u8], cuts: &[usize]) -> (Vec<Event>, FrameTrack
     let mut base = 0;
     for &end in cuts.iter().chain(std::iter::once(&stream.len())) {
         t.feed(&stream[base..end], s.limit, &mut |e| {
-            out.push(absolute(e, base))
+            out.push(e.shifted(base))
         });
         base = end;
     }
     (out, t)
-}
-
-fn absolute(e: Event, base: usize) -> Event {
-    let b = base as isize;
-    match e {
-        Event::FrameStart(f) => Event::FrameStart(FrameStart {
-            payload_at: f.payload_at + base,
-            ..f
-        }),
-        Event::FrameEnd { opcode, fin, end } => Event::FrameEnd {
-            opcode,
-            fin,
-            end: end + base,
-        },
-        Event::MessageEnd {
-            kind,
-            compressed,
-            len,
-            end,
-        } => Event::MessageEnd {
-            kind,
-            compressed,
-            len,
-            end: end + base,
-        },
-        Event::MessageTooBig { len, at } => Event::MessageTooBig { len, at: at + base },
-        Event::Close { code, start, end } => Event::Close {
-            code,
-            start: start + b,
-            end: end + base,
-        },
-        Event::Pong { start, end } => Event::Pong {
-            start: start + b,
-            end: end + base,
-        },
-        Event::Untrackable { reason, at } => Event::Untrackable {
-            reason,
-            at: at + base,
-        },
-    }
 }
 
 /// Frame specs of 3 bytes each: [opcode/fin, flags, length].
