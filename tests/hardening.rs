@@ -747,7 +747,11 @@ async fn round_robin_alternates() {
 #[tokio::test]
 async fn dead_pool_member_is_skipped_for_upstream_retry() {
     let a = echo_upstream().await;
-    let dead = dead_addr().await;
+    // A released port (not `dead_addr`, which keeps it reserved): it is revived below.
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
     let gate = start_gate(
         Files::new(),
         &config(

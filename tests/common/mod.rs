@@ -207,9 +207,13 @@ where
 
 /// An address nobody listens on.
 pub async fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
+    // Bound but never listening: connects are refused, and the port stays ours so a listener
+    // of a test running in parallel cannot take it over (a dropped listener's port could be
+    // handed out again, turning "refused" into "accepted, never answered" → 504).
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let a = s.local_addr().unwrap();
+    std::mem::forget(s);
     a
 }
 
