@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 const SHARDS: usize = 16;
 
-/// Why the gateway stopped a tunnel.
+/// Why the gateway stopped a tunnel (set from outside the tunnel's task).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum StopReason {
@@ -26,6 +26,14 @@ pub enum StopReason {
     Idle = 1,
     /// The drain deadline passed.
     Shutdown = 2,
+    /// An admin `DELETE /connections/{id}` or `DELETE /users/{user}`.
+    Kicked = 3,
+    /// A newer login of the same user took its place (`on_user_limit: evict_oldest`).
+    Evicted = 4,
+    /// The token that admitted it expired (plus `expiry_grace`).
+    Expired = 5,
+    /// The route's `max_lifetime` passed.
+    Lifetime = 6,
 }
 
 impl StopReason {
@@ -33,10 +41,136 @@ impl StopReason {
         match v {
             1 => Some(StopReason::Idle),
             2 => Some(StopReason::Shutdown),
+            3 => Some(StopReason::Kicked),
+            4 => Some(StopReason::Evicted),
+            5 => Some(StopReason::Expired),
+            6 => Some(StopReason::Lifetime),
             _ => None,
         }
     }
+
+    /// The close code and reason sent to both peers unless the caller chose others.
+    pub fn close_frame(self) -> (u16, &'static str) {
+        match self {
+            StopReason::Idle => (1001, "idle"),
+            StopReason::Shutdown => (1001, "going away"),
+            StopReason::Kicked => (4000, "kicked"),
+            StopReason::Evicted => (4002, "logged in elsewhere"),
+            StopReason::Expired => (4001, "token expired"),
+            StopReason::Lifetime => (4003, "lifetime reached"),
+        }
+    }
+
+    /// How the tunnel's end is counted and logged.
+    pub fn close_reason(self) -> CloseReason {
+        match self {
+            StopReason::Idle => CloseReason::Idle,
+            StopReason::Shutdown => CloseReason::Shutdown,
+            StopReason::Kicked => CloseReason::Kicked,
+            StopReason::Evicted => CloseReason::Evicted,
+            StopReason::Expired => CloseReason::Expired,
+            StopReason::Lifetime => CloseReason::Lifetime,
+        }
+    }
 }
+
+/// Why a tunnel ended: the `reason` label of `wsgate_connections_closed_total`, the access
+/// log's `ended` and the `reason` of a `disconnected` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The client closed first (close frame, or TCP when frames are not tracked).
+    Client,
+    /// The upstream closed first.
+    Upstream,
+    /// Idle timeout or an unanswered keepalive ping.
+    Idle,
+    /// Token expiry.
+    Expired,
+    /// `max_lifetime`.
+    Lifetime,
+    /// Admin kick.
+    Kicked,
+    /// Evicted by a newer login of the same user.
+    Evicted,
+    /// Drain deadline on shutdown.
+    Shutdown,
+    /// A message exceeded `max_message_bytes`.
+    TooBig,
+    /// Refused or closed by a limit.
+    Limit,
+    /// An I/O error on either side.
+    Error,
+}
+
+impl CloseReason {
+    /// Every reason, for pre-registering metric series.
+    pub const ALL: [CloseReason; 11] = [
+        CloseReason::Client,
+        CloseReason::Upstream,
+        CloseReason::Idle,
+        CloseReason::Expired,
+        CloseReason::Lifetime,
+        CloseReason::Kicked,
+        CloseReason::Evicted,
+        CloseReason::Shutdown,
+        CloseReason::TooBig,
+        CloseReason::Limit,
+        CloseReason::Error,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::Upstream => "upstream",
+            CloseReason::Idle => "idle",
+            CloseReason::Expired => "expired",
+            CloseReason::Lifetime => "lifetime",
+            CloseReason::Kicked => "kicked",
+            CloseReason::Evicted => "evicted",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::TooBig => "too_big",
+            CloseReason::Limit => "limit",
+            CloseReason::Error => "error",
+        }
+    }
+}
+
+/// A data message the admin API asks the gateway to send to a client.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Text or binary.
+    pub kind: crate::frames::MessageKind,
+    /// The payload, sent as one unfragmented frame.
+    pub payload: bytes::Bytes,
+}
+
+/// Why a message could not be queued for a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The tunnel is closing or closed.
+    Closing,
+    /// Frames are not tracked on this tunnel (off for its route, or framing was lost), so
+    /// there is no safe place to insert a frame.
+    Untracked,
+    /// Too many messages already wait for this client (a slow reader).
+    Full,
+}
+
+/// Messages a tunnel may have waiting at once; more are refused, not buffered.
+pub const MAX_QUEUED_MESSAGES: usize = 64;
+
+/// What the outside world has left for a tunnel: rarely used, so boxed and absent on idle
+/// tunnels.
+#[derive(Debug, Default)]
+struct Mailbox {
+    /// Close code and reason chosen by an admin call, overriding the stop reason's own.
+    close: Option<(u16, String)>,
+    messages: std::collections::VecDeque<Outgoing>,
+}
+
+const FLAG_TRACKED: u8 = 1;
+const FLAG_MAIL: u8 = 2;
 
 /// One open tunnel as the rest of the gateway sees it.
 #[derive(Debug)]
@@ -56,6 +190,8 @@ pub struct TunnelInfo {
     /// Bytes upstream → client so far.
     pub upstream_to_client: AtomicU64,
     stop: AtomicU8,
+    flags: AtomicU8,
+    mailbox: Mutex<Option<Box<Mailbox>>>,
     waker: AtomicWaker,
     // Owned by the sweeper: the total it last saw, and since when (registry ms) it's unchanged.
     seen_total: AtomicU64,
@@ -74,6 +210,8 @@ impl TunnelInfo {
             client_to_upstream: AtomicU64::new(0),
             upstream_to_client: AtomicU64::new(0),
             stop: AtomicU8::new(0),
+            flags: AtomicU8::new(0),
+            mailbox: Mutex::new(None),
             waker: AtomicWaker::new(),
             seen_total: AtomicU64::new(0),
             quiet_since_ms: AtomicU64::new(0),
@@ -89,6 +227,82 @@ impl TunnelInfo {
         {
             self.waker.wake();
         }
+    }
+
+    /// Like [`stop`](Self::stop), with a close code and reason chosen by the caller (admin
+    /// `?code=&reason=`); a later stop doesn't replace them.
+    pub fn stop_with(&self, reason: StopReason, code: u16, text: String) {
+        if self.stop_reason().is_some() {
+            return;
+        }
+        self.mail().get_or_insert_with(Box::default).close = Some((code, text));
+        self.stop(reason);
+    }
+
+    /// The caller-chosen close code and reason, if any.
+    pub fn close_override(&self) -> Option<(u16, String)> {
+        self.mail().as_ref().and_then(|m| m.close.clone())
+    }
+
+    /// Queues a message for the client; the tunnel sends it at the next frame boundary
+    /// outside a fragmented message.
+    pub fn push(&self, msg: Outgoing) -> Result<(), PushError> {
+        if self.stop_reason().is_some() {
+            return Err(PushError::Closing);
+        }
+        if !self.is_tracked() {
+            return Err(PushError::Untracked);
+        }
+        {
+            let mut mail = self.mail();
+            let mail = mail.get_or_insert_with(Box::default);
+            if mail.messages.len() >= MAX_QUEUED_MESSAGES {
+                return Err(PushError::Full);
+            }
+            mail.messages.push_back(msg);
+        }
+        self.flags.fetch_or(FLAG_MAIL, Ordering::AcqRel);
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Whether messages wait (one atomic load: the splice checks it on every poll).
+    pub fn has_mail(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & FLAG_MAIL != 0
+    }
+
+    /// The next queued message, if any.
+    pub fn next_message(&self) -> Option<Outgoing> {
+        let mut mail = self.mail();
+        let m = mail.as_mut()?;
+        let msg = m.messages.pop_front();
+        if m.messages.is_empty() {
+            self.flags.fetch_and(!FLAG_MAIL, Ordering::AcqRel);
+            if m.close.is_none() {
+                // Give the memory back: most tunnels never see a second push.
+                *mail = None;
+            }
+        }
+        msg
+    }
+
+    /// Marks whether frames are tracked on this tunnel (pushes need it).
+    pub fn set_tracked(&self, tracked: bool) {
+        if tracked {
+            self.flags.fetch_or(FLAG_TRACKED, Ordering::AcqRel);
+        } else {
+            self.flags.fetch_and(!FLAG_TRACKED, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether frames are tracked on this tunnel.
+    pub fn is_tracked(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & FLAG_TRACKED != 0
+    }
+
+    // A poisoned mailbox only means a panic elsewhere mid-push; its contents are still valid.
+    fn mail(&self) -> MutexGuard<'_, Option<Box<Mailbox>>> {
+        self.mailbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The reason the tunnel was asked to stop, if it was.
@@ -266,5 +480,38 @@ mod tests {
         r.stop_all(StopReason::Shutdown);
         t.stop(StopReason::Idle);
         assert_eq!(t.stop_reason(), Some(StopReason::Shutdown));
+    }
+
+    fn text(s: &'static str) -> Outgoing {
+        Outgoing {
+            kind: crate::frames::MessageKind::Text,
+            payload: bytes::Bytes::from_static(s.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn pushes_need_tracking_an_open_tunnel_and_room() {
+        let r = Registry::new();
+        let t = info(&r);
+        assert_eq!(t.push(text("a")), Err(PushError::Untracked));
+        t.set_tracked(true);
+        assert!(!t.has_mail());
+        for _ in 0..MAX_QUEUED_MESSAGES {
+            t.push(text("a")).unwrap();
+        }
+        assert!(t.has_mail());
+        assert_eq!(t.push(text("b")), Err(PushError::Full));
+        let mut n = 0;
+        while t.next_message().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, MAX_QUEUED_MESSAGES);
+        assert!(!t.has_mail(), "drained mailbox still flagged");
+        t.stop_with(StopReason::Kicked, 4100, "bye".into());
+        assert_eq!(t.push(text("c")), Err(PushError::Closing));
+        assert_eq!(t.close_override(), Some((4100, "bye".into())));
+        t.stop_with(StopReason::Evicted, 4200, "late".into());
+        assert_eq!(t.stop_reason(), Some(StopReason::Kicked), "first stop wins");
+        assert_eq!(t.close_override(), Some((4100, "bye".into())));
     }
 }

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::metrics::RouteMetrics;
-use crate::registry::{StopReason, TunnelInfo};
+use crate::registry::{CloseReason, StopReason, TunnelInfo};
 use crate::upstream::UpstreamStream;
 use bytes::Bytes;
 use prometheus::IntCounter;
@@ -49,10 +49,8 @@ pub enum Ended {
     Closed,
     /// An I/O error on either side.
     Error,
-    /// No bytes either way for `timeouts.tunnel_idle`.
-    Idle,
-    /// The gateway stopped it (drain deadline).
-    Shutdown,
+    /// The gateway stopped it (idle, drain deadline, kick, expiry...).
+    Stopped(StopReason),
 }
 
 /// What a finished tunnel reports for logs.
@@ -66,6 +64,8 @@ pub struct SpliceReport {
     pub upstream_to_client: u64,
     /// Which side ended it first.
     pub closed_by: ClosedBy,
+    /// Why it ended (metrics, access log, events).
+    pub reason: CloseReason,
 }
 
 /// Which side ended a tunnel first (for the access log).
@@ -141,14 +141,21 @@ where
         .await;
     }
     let closed_by = match ended {
-        Ended::Idle | Ended::Shutdown => ClosedBy::Gateway,
+        Ended::Stopped(_) => ClosedBy::Gateway,
         _ => tunnel.first.unwrap_or(ClosedBy::Client),
+    };
+    let reason = match (ended, closed_by) {
+        (Ended::Stopped(r), _) => r.close_reason(),
+        (Ended::Error, _) => CloseReason::Error,
+        (Ended::Closed, ClosedBy::Upstream) => CloseReason::Upstream,
+        (Ended::Closed, _) => CloseReason::Client,
     };
     SpliceReport {
         ended,
         client_to_upstream: tunnel.info.client_to_upstream.load(Ordering::Relaxed),
         upstream_to_client: tunnel.info.upstream_to_client.load(Ordering::Relaxed),
         closed_by,
+        reason,
     }
 }
 
@@ -176,10 +183,7 @@ where
         // Register before checking, so a stop that lands in between still wakes us.
         t.info.register_waker(cx.waker());
         if let Some(reason) = t.info.stop_reason() {
-            return Poll::Ready(match reason {
-                StopReason::Idle => Ended::Idle,
-                StopReason::Shutdown => Ended::Shutdown,
-            });
+            return Poll::Ready(Ended::Stopped(reason));
         }
         let info = &*t.info;
         let a = t.c2u.poll(cx, &mut t.client, &mut t.upstream, info);
@@ -710,7 +714,7 @@ mod tunnel_tests {
             .await
             .expect("a stop did not end a tunnel blocked on a write")
             .unwrap();
-        assert_eq!(report.ended, Ended::Shutdown);
+        assert_eq!(report.ended, Ended::Stopped(StopReason::Shutdown));
         assert_eq!(report.closed_by, ClosedBy::Gateway);
         assert_eq!(rm.active.get(), 0);
         // Both peers learn the tunnel is over: EOF after whatever was already delivered.

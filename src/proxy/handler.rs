@@ -360,8 +360,7 @@ impl Handler {
                 ended = match report.ended {
                     Ended::Closed => "closed",
                     Ended::Error => "error",
-                    Ended::Idle => "idle",
-                    Ended::Shutdown => "shutdown",
+                    Ended::Stopped(r) => r.close_reason().as_str(),
                 },
                 closed_by = report.closed_by.as_str(),
                 "tunnel closed"
