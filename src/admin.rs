@@ -1,5 +1,6 @@
-//! The admin listener: `GET /metrics`, `/healthz`, `/readyz`, and `POST /reload`, on its own
-//! port, with at most `admin.max_connections` connections at once.
+//! The admin listener: `GET /metrics`, `/healthz`, `/readyz`, `GET /events` (Server-Sent
+//! Events) and `POST /reload`, on its own port, with at most `admin.max_connections`
+//! connections at once.
 //!
 //! Mutating calls pass [`guard_mutation`]: without `admin.token` they are taken from loopback
 //! peers only, and never from a browser page (an `Origin` header, or a `Host` that is not an IP
@@ -11,7 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue, ORIGIN, WWW_AUTHENTICATE};
+use http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, HeaderValue, ORIGIN, WWW_AUTHENTICATE,
+};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -73,13 +76,15 @@ pub async fn serve(
         let reload = reload.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let streams_stop = stop.clone();
             let service = service_fn(move |req| {
                 let shared = shared.clone();
                 let reload = reload.clone();
                 let runtime = state.load_full();
+                let stop = streams_stop.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(
-                        respond(&req, &shared, &runtime, peer, reload).await,
+                        respond(&req, &shared, &runtime, peer, reload, stop).await,
                     )
                 }
             });
@@ -90,7 +95,12 @@ pub async fn serve(
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {}
+                _ = stop.cancelled() => {
+                    // A `GET /events` stream ends on `stop` once it has sent what it holds;
+                    // let that answer finish rather than cutting it.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn).await;
+                }
             }
         });
     }
@@ -102,6 +112,7 @@ async fn respond(
     runtime: &Runtime,
     peer: SocketAddr,
     reload: Option<ReloadTarget>,
+    stop: CancellationToken,
 ) -> Response<ProxyBody> {
     if req.uri().path() == "/reload" {
         if req.method() != Method::POST {
@@ -130,6 +141,7 @@ async fn respond(
             );
             resp
         }
+        "/events" => events_endpoint(req, shared, runtime, peer, stop),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if shared.draining.is_cancelled() {
@@ -140,6 +152,78 @@ async fn respond(
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `GET /events[?route=PATH]`: the connection events as Server-Sent Events.
+fn events_endpoint(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    runtime: &Runtime,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) -> Response<ProxyBody> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET /events\n");
+    }
+    let token = runtime
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_deref());
+    if let Err(refusal) = events_guard(req.headers(), peer, token) {
+        tracing::warn!(client = %peer.ip(), path = "/events", reason = refusal.reason(), "admin call refused");
+        return refusal.into_response();
+    }
+    let route = match route_filter(req.uri().query()) {
+        Ok(r) => r,
+        Err(why) => return text(StatusCode::BAD_REQUEST, why),
+    };
+    let Some(body) = shared.events.subscribe(route, stop) else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many /events subscribers\n",
+        );
+    };
+    let mut resp = Response::new(body);
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // nginx buffers proxied answers unless told not to; a buffered stream is no stream.
+    headers.insert(
+        http::HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    resp
+}
+
+/// Who may follow `GET /events`. For now the mutation rule; at merge it becomes the read
+/// rule (`guard_read`, which honours `admin.public_reads`).
+fn events_guard(
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    token: Option<&str>,
+) -> Result<(), MutationRefusal> {
+    guard_mutation(headers, peer, token)
+}
+
+/// The `route` of `GET /events?route=...` (percent-decoded); other parameters are refused
+/// so a misspelt filter can't silently mean "everything".
+fn route_filter(query: Option<&str>) -> Result<Option<String>, &'static str> {
+    let mut route = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "route" {
+            return Err("unknown parameter: GET /events takes only ?route=PATH\n");
+        }
+        let value = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .map_err(|_| "route is not UTF-8\n")?;
+        if value.is_empty() || route.is_some() {
+            return Err("give one non-empty ?route=PATH\n");
+        }
+        route = Some(value.into_owned());
+    }
+    Ok(route)
 }
 
 /// Why a mutating admin call was refused.

@@ -6,7 +6,8 @@
 //!   permits,     v1/v2 header)      timeout)  upgrades,      origin, rate,       match)    jwt)      connect, forward,      both ways,
 //!   limits)                                   drain)         refusals via                            101 check)             registry entry)
 //!                                                            proxy::response)
-//!  side channels: metrics (handles), admin (/metrics /healthz /readyz, POST /reload), tracing logs,
+//!  side channels: metrics (handles), admin (/metrics /healthz /readyz, POST /reload, GET /events),
+//!                 tracing logs, events (connected/disconnected: route webhooks, SSE hub),
 //!                 registry (open tunnels: idle sweeper, drain deadline, future admin API),
 //!                 frames (WebSocket frame boundaries seen by the splice; builds injected frames)
 //!  leaves: config (YAML → typed), runtime (typed → loaded state, swapped on reload), forwarded
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod balance;
 pub mod config;
 pub mod drain;
+pub mod events;
 pub mod forwarded;
 pub mod frames;
 pub mod headers;
@@ -161,7 +163,12 @@ impl Gateway {
             None => None,
         };
         limits::log_effective(&runtime.config);
+        let events = Arc::new(events::Events::new(
+            &metrics,
+            events::max_streams(&runtime.config),
+        ));
         let shared = Arc::new(Shared {
+            events,
             metrics,
             tracker: TaskTracker::new(),
             draining: CancellationToken::new(),
@@ -259,6 +266,8 @@ impl Gateway {
         drain::drain(&self.shared.tracker, &self.shared.registry, deadline).await;
         sweeper.abort();
         pruner.abort();
+        // The drain's own disconnects are the last events: give webhooks a moment for them.
+        self.shared.events.flush(EVENTS_FLUSH).await;
         admin_stop.cancel();
         if let Some(t) = admin_task {
             let _ = t.await;
@@ -266,6 +275,9 @@ impl Gateway {
         tracing::info!("stopped");
     }
 }
+
+/// How long the exit waits for webhook queues to empty after the drain.
+const EVENTS_FLUSH: Duration = Duration::from_secs(5);
 
 /// Closes tunnels idle for `timeouts.tunnel_idle` (read at each tick, so reloads apply).
 /// One task for all tunnels instead of a timer in each keeps idle tunnels small.

@@ -39,6 +39,13 @@ pub const CONNECTIONS_MAX: &str = "wsgate_connections_max";
 /// (handshakes in progress and keep-alive HTTP connections as well as spliced tunnels).
 pub const CLIENT_CONNECTIONS_OPEN: &str = "wsgate_client_connections_open";
 
+/// Connection events lost, by `reason`: `queue_full` (a webhook's queue was full),
+/// `delivery_failed` (the webhook failed every attempt), `lagged` (an SSE subscriber fell
+/// behind the stream).
+pub const EVENTS_DROPPED_TOTAL: &str = "wsgate_events_dropped_total";
+/// Connection events waiting for (or in) webhook delivery.
+pub const EVENTS_QUEUED: &str = "wsgate_events_queued";
+
 /// The `route` label used when no route matched.
 pub const NO_ROUTE: &str = "unmatched";
 
@@ -100,6 +107,9 @@ impl Outcome {
     }
 }
 
+/// The `reason` values of `wsgate_events_dropped_total`, all exported from the start.
+pub const EVENTS_DROPPED_REASONS: [&str; 3] = ["queue_full", "delivery_failed", "lagged"];
+
 /// Shared handle to every metric; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -116,6 +126,8 @@ pub struct Metrics {
     tls_certificate_expiry: IntGaugeVec,
     connections_max: IntGauge,
     client_connections_open: IntGauge,
+    events_dropped_total: IntCounterVec,
+    events_queued: IntGauge,
     /// Listener → subject of its exported expiry series, to drop the series a renewed
     /// certificate with another subject leaves behind.
     cert_subjects: Arc<Mutex<HashMap<String, String>>>,
@@ -239,6 +251,22 @@ impl Metrics {
         for result in ["ok", "error"] {
             config_reloads_total.with_label_values(&[result]);
         }
+        let events_dropped_total = IntCounterVec::new(
+            Opts::new(
+                EVENTS_DROPPED_TOTAL,
+                "Connection events lost (webhook queue full or failing, slow SSE subscriber).",
+            ),
+            &["reason"],
+        )?;
+        let events_queued = IntGauge::new(
+            EVENTS_QUEUED,
+            "Connection events waiting for (or in) webhook delivery.",
+        )?;
+        registry.register(Box::new(events_dropped_total.clone()))?;
+        registry.register(Box::new(events_queued.clone()))?;
+        for reason in EVENTS_DROPPED_REASONS {
+            events_dropped_total.with_label_values(&[reason]);
+        }
         Ok(Metrics {
             registry,
             connections_active,
@@ -253,6 +281,8 @@ impl Metrics {
             tls_certificate_expiry,
             connections_max,
             client_connections_open,
+            events_dropped_total,
+            events_queued,
             cert_subjects: Arc::default(),
         })
     }
@@ -318,6 +348,16 @@ impl Metrics {
             connection_duration: self.connection_duration.with_label_values(&[route]),
             metrics: self.clone(),
         }
+    }
+
+    /// `wsgate_events_dropped_total{reason}` (one of [`EVENTS_DROPPED_REASONS`]).
+    pub fn events_dropped(&self, reason: &str) -> IntCounter {
+        self.events_dropped_total.with_label_values(&[reason])
+    }
+
+    /// `wsgate_events_queued`.
+    pub fn events_queued(&self) -> IntGauge {
+        self.events_queued.clone()
     }
 
     /// Counts a handshake outcome for a route label (or [`NO_ROUTE`]).

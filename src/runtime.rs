@@ -27,6 +27,8 @@ pub struct Route {
     pub auth: RouteAuth,
     /// Pre-resolved metric handles.
     pub metrics: RouteMetrics,
+    /// Where this route's connection events are POSTed (`events.webhook`).
+    pub events: Option<crate::events::Webhook>,
 }
 
 /// Everything a connection needs, immutable once built.
@@ -141,7 +143,13 @@ pub fn build_with(
             },
             None => system_tls.clone(),
         };
+        let events = r.events.as_ref().and_then(|e| {
+            crate::events::Webhook::build(e, metrics)
+                .map_err(|(key, e)| errors.push(error(format!("routes[{i}].events.{key}"), e)))
+                .ok()
+        });
         let route = Route {
+            events,
             path: r.path.clone(),
             pool: Pool::new(&r.upstreams, r.balance, config.timeouts.upstream_retry),
             upstream_tls: route_tls,

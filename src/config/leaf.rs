@@ -15,7 +15,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::jwt_rules::{ALGORITHMS, alg_name, parse_algorithm};
-use super::types::{OriginPattern, UpstreamConfig};
+use super::types::{OriginPattern, UpstreamConfig, WebhookUrl};
 use super::{duration as dur, validate};
 
 /// Stands in for a required `bind` that was missing or invalid; port 0 conflicts with nothing.
@@ -40,6 +40,7 @@ pub(crate) fn check_format(format: &str, s: &str) -> Option<Result<(), String>> 
         "socket-address" => ok(validate::bind_addr(s)),
         "route-path" => validate::route_path(s),
         "upstream-url" => ok(validate::upstream_url(s)),
+        "webhook-url" => ok(validate::webhook_url(s)),
         "cidr" => ok(validate::cidr(s)),
         "origin" => ok(validate::origin(s)),
         "jwt-algorithm" => ok(parse_algorithm(s)),
@@ -99,6 +100,9 @@ string_schema!(
 string_schema!(
     /// `ws://`, `wss://` (or `http://`, `https://`) host and port, no path.
     UpstreamUrl, {"type": "string", "format": "upstream-url"});
+string_schema!(
+    /// `http://` or `https://` host, port, path and query.
+    WebhookUrlStr, {"type": "string", "format": "webhook-url"});
 string_schema!(
     /// An IP or a CIDR.
     Cidr, {"type": "string", "format": "cidr"});
@@ -249,6 +253,19 @@ pub(crate) mod upstreams {
             .iter()
             .map(|u| validate::upstream_url(u).map_err(D::Error::custom))
             .collect()
+    }
+}
+
+/// `routes[].events.webhook`.
+pub(crate) mod webhook {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(v: &WebhookUrl, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.url)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<WebhookUrl, D::Error> {
+        validate::webhook_url(&String::deserialize(d)?).map_err(D::Error::custom)
     }
 }
 

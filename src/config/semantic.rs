@@ -281,6 +281,17 @@ fn routes(
                 );
             }
         }
+        if let Some(ev) = &mut r.events
+            && let Some(ca) = &mut ev.ca
+        {
+            *ca = base_dir.join(&*ca);
+            if !ev.webhook.url.is_empty() && !ev.webhook.tls {
+                problems.push(
+                    &[&under("events")[..], &[key("ca")]].concat(),
+                    "a CA file only applies to an https:// webhook",
+                );
+            }
+        }
         let auth_at = under("auth");
         let mut names: Vec<String> = Vec::new();
         for (n, name) in r.auth.iter().enumerate() {

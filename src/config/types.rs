@@ -339,6 +339,58 @@ pub struct RouteConfig {
         extend("minItems" = 1, "errorMessage" = {"minItems": "an empty list would refuse every browser: remove the key to allow any origin"})
     )]
     pub origins: Option<Vec<OriginPattern>>,
+    /// Connection events (`connected`/`disconnected`) POSTed to a webhook; absent = none.
+    pub events: Option<EventsConfig>,
+}
+
+/// `routes[].events`: where this route's connection events are delivered.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(extend("required" = ["webhook"]))]
+pub struct EventsConfig {
+    /// http:// or https:// URL that receives each event as a JSON POST (path and query kept).
+    #[serde(with = "leaf::webhook")]
+    #[schemars(with = "leaf::WebhookUrlStr")]
+    pub webhook: WebhookUrl,
+    /// How long one delivery attempt may take (connect, request, answer).
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::PositiveDuration")]
+    pub timeout: Duration,
+    /// Events waiting for the webhook at most; more are dropped (and counted).
+    #[schemars(range(min = 1))]
+    pub queue: usize,
+    /// CA file trusted for an https:// webhook instead of the system roots.
+    #[schemars(with = "Option<leaf::FilePath>")]
+    pub ca: Option<PathBuf>,
+}
+
+impl Default for EventsConfig {
+    // `webhook` is required: the empty URL is only a placeholder while problems are collected.
+    fn default() -> Self {
+        Self {
+            webhook: WebhookUrl::default(),
+            timeout: Duration::from_secs(5),
+            queue: 10_000,
+            ca: None,
+        }
+    }
+}
+
+/// A parsed webhook URL.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WebhookUrl {
+    /// `true` for https://.
+    pub tls: bool,
+    /// Host name or IP literal (without brackets).
+    pub host: String,
+    /// Port (defaults 80 / 443).
+    pub port: u16,
+    /// What goes in the `Host` header: the URL's authority.
+    pub authority: String,
+    /// Path and query, `/` when the URL has none.
+    pub path_and_query: String,
+    /// The URL as written, for messages.
+    pub url: String,
 }
 
 /// How a route with several upstream servers picks one.

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use super::types::{OriginPattern, UpstreamConfig};
+use super::types::{OriginPattern, UpstreamConfig, WebhookUrl};
 
 /// Parses a bind address, which must be an IP literal: resolving names at bind time would make
 /// the listening address depend on DNS.
@@ -122,6 +122,60 @@ pub(crate) fn same_route_message(path: &str, earlier: &str, at: &str) -> String 
              letter case, which backends such as express do"
         )
     }
+}
+
+/// A webhook URL (`routes[].events.webhook`): http:// or https://, host, optional port,
+/// path and query; no credentials (never echoed: they would be a secret).
+pub(crate) fn webhook_url(url: &str) -> Result<WebhookUrl, String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("not a URL: expected one such as \"https://hooks.internal/wsgate\"".into());
+    };
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "http" => false,
+        "https" => true,
+        _ => {
+            return Err(format!(
+                "unsupported scheme \"{}\" (expected http or https)",
+                scheme.escape_debug()
+            ));
+        }
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    if authority.contains('@') {
+        return Err(
+            "credentials in the webhook URL are not supported (a secret can go in its path or query)"
+                .into(),
+        );
+    }
+    if authority.is_empty() || authority.starts_with(':') {
+        return Err("the webhook URL has no host".into());
+    }
+    if tail.contains('#') {
+        return Err(
+            "a fragment on the webhook URL means nothing to the receiver: remove it".into(),
+        );
+    }
+    // Host and port follow the upstream rules (same parser, same messages).
+    let hp = upstream_url(&format!("{scheme}://{authority}"))?;
+    let path_and_query = match tail {
+        "" => "/".to_string(),
+        t if t.starts_with('?') => format!("/{t}"),
+        t => t.to_string(),
+    };
+    if path_and_query.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(
+            "invalid path or query in the webhook URL (percent-encode special characters)".into(),
+        );
+    }
+    Ok(WebhookUrl {
+        tls,
+        host: hp.host,
+        port: hp.port,
+        authority: authority.to_string(),
+        path_and_query,
+        url: url.to_string(),
+    })
 }
 
 /// Parses an upstream URL. `http`/`https` are accepted as aliases of `ws`/`wss` so nginx

@@ -319,6 +319,7 @@ impl Handler {
         let route = route.clone();
         let permits = self.permits.clone();
         let registry = self.shared.registry.clone();
+        let events = self.shared.events.clone();
         let user = admission.map(|a| a.identity.user);
         self.shared.tracker.spawn(async move {
             let _held = (permits, server_guard, tunnel_slot);
@@ -344,8 +345,10 @@ impl Handler {
                 client_ip,
             ));
             let _listed = registry.insert(info.clone());
+            events.connected(&route, &info);
             let (c, u) = (splice::Side::client(c), splice::Side::upstream(u));
             let report = splice::splice(c, u, &route.metrics, info.clone()).await;
+            events.disconnected(&route, &info, &report, opened.elapsed());
             tracing::info!(
                 target: "wsgate::access",
                 route = %route.path,

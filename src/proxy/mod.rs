@@ -31,4 +31,6 @@ pub struct Shared {
     pub connections: Arc<Semaphore>,
     /// Connections not yet past their first request (`limits.max_pending_handshakes`).
     pub pending: Arc<Semaphore>,
+    /// Connection events: route webhooks and `GET /events` subscribers.
+    pub events: Arc<crate::events::Events>,
 }
