@@ -513,3 +513,161 @@ async fn post(target: &Target, conn: &mut Option<Connection>, body: Bytes) -> Re
         Err(format!("answered {status}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WebhookUrl;
+    use crate::registry::CloseReason;
+
+    fn info(id: u64, route: &str, user: Option<&str>) -> Arc<TunnelInfo> {
+        Arc::new(TunnelInfo::new(
+            id,
+            route.into(),
+            user.map(Into::into),
+            [127, 0, 0, 1].into(),
+        ))
+    }
+
+    fn connected(id: u64, route: &str) -> Event {
+        Event {
+            kind: Kind::Connected,
+            info: info(id, route, None),
+            at: SystemTime::UNIX_EPOCH,
+            end: None,
+        }
+    }
+
+    fn webhook(metrics: &Metrics, queue: usize) -> Webhook {
+        let url = WebhookUrl {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port: 9,
+            authority: "127.0.0.1:9".into(),
+            path_and_query: "/".into(),
+            url: "http://127.0.0.1:9/".into(),
+        };
+        let cfg = EventsConfig {
+            webhook: url,
+            queue,
+            ..EventsConfig::default()
+        };
+        Webhook::build(&cfg, metrics).unwrap()
+    }
+
+    async fn chunk(body: &mut ProxyBody) -> Option<String> {
+        let frame = body.frame().await?.unwrap();
+        Some(String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap())
+    }
+
+    #[test]
+    fn json_shapes() {
+        let t = info(7, "/chat", Some("alice"));
+        let c = Event {
+            kind: Kind::Connected,
+            info: t.clone(),
+            at: SystemTime::UNIX_EPOCH + Duration::from_millis(1500),
+            end: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            serde_json::json!({"event": "connected", "id": 7, "route": "/chat", "user": "alice",
+                "client": "127.0.0.1", "at": "1970-01-01T00:00:01.500Z"})
+        );
+        let d = Event {
+            kind: Kind::Disconnected,
+            info: info(8, "/chat", None),
+            at: SystemTime::UNIX_EPOCH,
+            end: Some(End {
+                reason: CloseReason::Kicked.as_str(),
+                duration_ms: 42,
+                bytes_in: 1,
+                bytes_out: 2,
+            }),
+        };
+        assert_eq!(
+            serde_json::to_value(&d).unwrap(),
+            serde_json::json!({"event": "disconnected", "id": 8, "route": "/chat", "user": null,
+                "client": "127.0.0.1", "at": "1970-01-01T00:00:00.000Z", "reason": "kicked",
+                "duration_ms": 42, "bytes_in": 1, "bytes_out": 2})
+        );
+    }
+
+    #[test]
+    fn nobody_listening_builds_nothing() {
+        let events = Events::new(&Metrics::new().unwrap(), 4);
+        events.emit(None, || panic!("built an event nobody receives"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_drops_and_counts() {
+        let metrics = Metrics::new().unwrap();
+        let hook = webhook(&metrics, 2);
+        let events = Events::new(&metrics, 4);
+        // No await in between: the delivery task has not taken any event yet.
+        for id in 0..5 {
+            events.emit(Some(&hook), || connected(id, "/ws"));
+        }
+        assert_eq!(metrics.events_dropped("queue_full").get(), 3);
+        assert_eq!(metrics.events_queued().get(), 2);
+        assert_eq!(metrics.events_dropped("delivery_failed").get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_is_told_and_counted() {
+        let metrics = Metrics::new().unwrap();
+        let events = Events::new(&metrics, 4);
+        let stop = CancellationToken::new();
+        let mut body = events.subscribe(None, stop.clone()).unwrap();
+        assert_eq!(chunk(&mut body).await.unwrap(), ": wsgate events\n\n");
+        for id in 0..(SSE_BUFFER as u64 + 5) {
+            events.emit(None, || connected(id, "/ws"));
+        }
+        assert_eq!(
+            chunk(&mut body).await.unwrap(),
+            ": missed 5 events (reading too slowly)\n\n"
+        );
+        assert_eq!(metrics.events_dropped("lagged").get(), 5);
+        let next = chunk(&mut body).await.unwrap();
+        assert!(
+            next.starts_with("event: connected\ndata: {\"event\":\"connected\",\"id\":5,"),
+            "{next}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_stream_filters_flushes_and_ends_on_stop() {
+        let events = Events::new(&Metrics::new().unwrap(), 1);
+        let stop = CancellationToken::new();
+        let mut body = events.subscribe(Some("/b".into()), stop.clone()).unwrap();
+        assert!(
+            events.subscribe(None, stop.clone()).is_none(),
+            "over the cap"
+        );
+        chunk(&mut body).await.unwrap();
+        events.emit(None, || connected(1, "/a"));
+        events.emit(None, || connected(2, "/b"));
+        stop.cancel();
+        let only = chunk(&mut body).await.unwrap();
+        assert!(only.contains("\"id\":2,\"route\":\"/b\""), "{only}");
+        assert!(
+            chunk(&mut body).await.is_none(),
+            "the stream goes on after stop"
+        );
+        drop(body);
+        assert!(
+            events.subscribe(None, stop).is_some(),
+            "an ended stream gives its slot back"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_streams_get_a_keepalive_comment() {
+        let events = Events::new(&Metrics::new().unwrap(), 1);
+        let mut body = events.subscribe(None, CancellationToken::new()).unwrap();
+        chunk(&mut body).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(chunk(&mut body).await.unwrap(), ": keepalive\n\n");
+        assert_eq!(started.elapsed(), SSE_KEEPALIVE);
+    }
+}

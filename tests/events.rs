@@ -495,3 +495,38 @@ async fn webhook_urls_are_checked_at_load() {
     )
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_reload_brings_webhooks_to_new_connections() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let up = echo_upstream().await;
+        let (hook, mut rx, hits) = receiver(200).await;
+        let plain = format!("  - path: /ws\n    upstream: ws://{}\n", up.addr);
+        let gate = start_gate(Files::new(), &gate_yaml(&plain, "")).await;
+        let (before, _) = ws_connect(&gate.ws_url("/ws"), &[]).await.unwrap();
+        let hooked = format!("{plain}    events:\n      webhook: http://{hook}/\n");
+        let config = wsgate::config::parse_str(
+            &gate_yaml(&hooked, ""),
+            std::path::Path::new("t.yaml"),
+            std::path::Path::new("."),
+            &|_| None,
+        )
+        .unwrap();
+        gate.reloader.reload(config).unwrap();
+        let (after, _) = ws_connect(&gate.ws_url("/ws"), &[]).await.unwrap();
+        let c = next_delivery(&mut rx).await.body;
+        assert_eq!(c["event"], "connected");
+        client_close(before).await;
+        client_close(after).await;
+        let d = next_delivery(&mut rx).await.body;
+        assert_eq!((&d["event"], &d["id"]), (&"disconnected".into(), &c["id"]));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            2,
+            "the connection opened before the reload keeps its old (webhook-less) route"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
