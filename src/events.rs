@@ -137,7 +137,9 @@ impl Serialize for Event {
 /// The process-wide hub: the SSE channel and its subscriber cap.
 pub struct Events {
     sse: broadcast::Sender<Arc<Event>>,
+    // One permit per open stream; all free = nobody listens (one atomic load to tell).
     streams: Arc<Semaphore>,
+    max_streams: usize,
     lagged: IntCounter,
     queued: IntGauge,
 }
@@ -161,6 +163,7 @@ impl Events {
         Events {
             sse,
             streams: Arc::new(Semaphore::new(max_streams)),
+            max_streams,
             lagged: metrics.events_dropped("lagged"),
             queued: metrics.events_queued(),
         }
@@ -198,7 +201,8 @@ impl Events {
     }
 
     fn emit(&self, webhook: Option<&Webhook>, make: impl FnOnce() -> Event) {
-        let listening = self.sse.receiver_count() > 0;
+        // Not `receiver_count()`: that takes the channel's lock on every tunnel's open and close.
+        let listening = self.streams.available_permits() < self.max_streams;
         if webhook.is_none() && !listening {
             return;
         }
