@@ -264,7 +264,14 @@ impl Gateway {
         for l in loops {
             let _ = l.await;
         }
-        drain::drain(&self.shared.tracker, &self.shared.registry, deadline).await;
+        let jitter = self.state.load().config.shutdown.close_jitter;
+        drain::drain(
+            &self.shared.tracker,
+            &self.shared.registry,
+            deadline,
+            jitter,
+        )
+        .await;
         sweeper.abort();
         deadline_task.abort();
         pruner.abort();
