@@ -24,8 +24,14 @@ pub enum DrainEnd {
 }
 
 /// Closes `tracker` and waits for its tasks up to `deadline`; then stops every tunnel left in
-/// `registry` and waits at most [`STOP_GRACE`] more.
-pub async fn drain(tracker: &TaskTracker, registry: &Registry, deadline: Duration) -> DrainEnd {
+/// `registry`, spread evenly over `jitter` in random order (so their clients don't all
+/// reconnect at once), and waits at most [`STOP_GRACE`] after the last stop.
+pub async fn drain(
+    tracker: &TaskTracker,
+    registry: &Registry,
+    deadline: Duration,
+    jitter: Duration,
+) -> DrainEnd {
     tracker.close();
     if tokio::time::timeout(deadline, tracker.wait()).await.is_ok() {
         return DrainEnd::Drained;
@@ -33,9 +39,23 @@ pub async fn drain(tracker: &TaskTracker, registry: &Registry, deadline: Duratio
     let open_at_deadline = tracker.len();
     tracing::info!(
         open_connections = open_at_deadline,
+        close_jitter = ?jitter,
         "drain deadline reached, closing the remaining connections"
     );
-    registry.stop_all(StopReason::Shutdown);
+    if jitter.is_zero() {
+        registry.stop_all(StopReason::Shutdown);
+    } else {
+        let mut open = registry.snapshot();
+        open.sort_by_key(|_| rand::random::<u64>());
+        let start = tokio::time::Instant::now();
+        let n = open.len().max(1) as u32;
+        for (i, t) in open.into_iter().enumerate() {
+            tokio::time::sleep_until(start + jitter * (i as u32) / n).await;
+            t.stop(StopReason::Shutdown);
+        }
+        // Tunnels that opened during the spread (none should: accepting has stopped).
+        registry.stop_all(StopReason::Shutdown);
+    }
     let _ = tokio::time::timeout(STOP_GRACE, tracker.wait()).await;
     DrainEnd::DeadlineReached { open_at_deadline }
 }
@@ -94,7 +114,7 @@ mod tests {
         let a = tunnel(&tracker, &registry, Some(Duration::from_secs(3)), false);
         let b = tunnel(&tracker, &registry, Some(Duration::from_secs(7)), false);
         let start = Instant::now();
-        let end = drain(&tracker, &registry, Duration::from_secs(30)).await;
+        let end = drain(&tracker, &registry, Duration::from_secs(30), Duration::ZERO).await;
         assert_eq!(end, DrainEnd::Drained);
         assert_eq!(
             start.elapsed(),
@@ -110,7 +130,7 @@ mod tests {
         let quick = tunnel(&tracker, &registry, Some(Duration::from_secs(1)), false);
         let held = tunnel(&tracker, &registry, None, false);
         let start = Instant::now();
-        let end = drain(&tracker, &registry, Duration::from_secs(30)).await;
+        let end = drain(&tracker, &registry, Duration::from_secs(30), Duration::ZERO).await;
         assert_eq!(
             end,
             DrainEnd::DeadlineReached {
@@ -132,7 +152,7 @@ mod tests {
         let (tracker, registry) = (TaskTracker::new(), Registry::new());
         let _stuck = tunnel(&tracker, &registry, None, true);
         let start = Instant::now();
-        let end = drain(&tracker, &registry, Duration::from_secs(2)).await;
+        let end = drain(&tracker, &registry, Duration::from_secs(2), Duration::ZERO).await;
         assert_eq!(
             end,
             DrainEnd::DeadlineReached {
@@ -147,7 +167,7 @@ mod tests {
         let (tracker, registry) = (TaskTracker::new(), Registry::new());
         let held = tunnel(&tracker, &registry, None, false);
         let start = Instant::now();
-        let end = drain(&tracker, &registry, Duration::ZERO).await;
+        let end = drain(&tracker, &registry, Duration::ZERO, Duration::ZERO).await;
         assert_eq!(
             end,
             DrainEnd::DeadlineReached {
@@ -156,5 +176,42 @@ mod tests {
         );
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert_eq!(held.stop_reason(), Some(StopReason::Shutdown));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_jitter_spreads_the_stops_evenly() {
+        let (tracker, registry) = (TaskTracker::new(), Registry::new());
+        let held: Vec<_> = (0..4)
+            .map(|_| tunnel(&tracker, &registry, None, false))
+            .collect();
+        let stopped = || held.iter().filter(|t| t.stop_reason().is_some()).count();
+        let drain = tokio::spawn({
+            let (tracker, registry) = (tracker.clone(), registry.clone());
+            async move {
+                drain(
+                    &tracker,
+                    &registry,
+                    Duration::from_secs(10),
+                    Duration::from_secs(4),
+                )
+                .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        assert_eq!(
+            stopped(),
+            1,
+            "one stop per second of jitter, the first at the deadline"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(stopped(), 2);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(stopped(), 4);
+        assert_eq!(
+            drain.await.unwrap(),
+            DrainEnd::DeadlineReached {
+                open_at_deadline: 4
+            }
+        );
     }
 }

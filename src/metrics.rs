@@ -45,6 +45,12 @@ pub const CLIENT_CONNECTIONS_OPEN: &str = "wsgate_client_connections_open";
 pub const EVENTS_DROPPED_TOTAL: &str = "wsgate_events_dropped_total";
 /// Connection events waiting for (or in) webhook delivery.
 pub const EVENTS_QUEUED: &str = "wsgate_events_queued";
+/// Tunnels ended, per route and reason (`CloseReason` values).
+pub const CONNECTIONS_CLOSED_TOTAL: &str = "wsgate_connections_closed_total";
+/// Whole WebSocket data messages spliced (from the frame tracker), per route and direction.
+pub const MESSAGES_TOTAL: &str = "wsgate_messages_total";
+/// Tunnels whose framing could not be followed (spliced on as bytes), per route and reason.
+pub const FRAMES_UNTRACKABLE_TOTAL: &str = "wsgate_frames_untrackable_total";
 
 /// The `route` label used when no route matched.
 pub const NO_ROUTE: &str = "unmatched";
@@ -128,6 +134,9 @@ pub struct Metrics {
     client_connections_open: IntGauge,
     events_dropped_total: IntCounterVec,
     events_queued: IntGauge,
+    connections_closed_total: IntCounterVec,
+    messages_total: IntCounterVec,
+    frames_untrackable_total: IntCounterVec,
     /// Listener → subject of its exported expiry series, to drop the series a renewed
     /// certificate with another subject leaves behind.
     cert_subjects: Arc<Mutex<HashMap<String, String>>>,
@@ -152,6 +161,12 @@ pub struct RouteMetrics {
     pub handshake_duration: prometheus::Histogram,
     /// `wsgate_connection_duration_seconds{route}`.
     pub connection_duration: prometheus::Histogram,
+    /// `wsgate_connections_closed_total{route,reason}`, in `CloseReason::ALL` order.
+    pub closed: Arc<[IntCounter]>,
+    /// `wsgate_messages_total{route,direction="client_to_upstream"}`.
+    pub messages_c2u: IntCounter,
+    /// `wsgate_messages_total{route,direction="upstream_to_client"}`.
+    pub messages_u2c: IntCounter,
     metrics: Metrics,
 }
 
@@ -237,6 +252,24 @@ impl Metrics {
             "Accepted client connections not yet closed (each holds a max_connections slot).",
         )?;
         registry.register(Box::new(client_connections_open.clone()))?;
+        let connections_closed_total = IntCounterVec::new(
+            Opts::new(CONNECTIONS_CLOSED_TOTAL, "Tunnels ended, by reason."),
+            &["route", "reason"],
+        )?;
+        let messages_total = IntCounterVec::new(
+            Opts::new(MESSAGES_TOTAL, "Whole WebSocket data messages spliced."),
+            &["route", "direction"],
+        )?;
+        let frames_untrackable_total = IntCounterVec::new(
+            Opts::new(
+                FRAMES_UNTRACKABLE_TOTAL,
+                "Tunnels whose WebSocket framing could not be followed (spliced on as bytes).",
+            ),
+            &["route", "reason"],
+        )?;
+        registry.register(Box::new(connections_closed_total.clone()))?;
+        registry.register(Box::new(messages_total.clone()))?;
+        registry.register(Box::new(frames_untrackable_total.clone()))?;
         registry.register(Box::new(config_reloads_total.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
@@ -283,6 +316,9 @@ impl Metrics {
             client_connections_open,
             events_dropped_total,
             events_queued,
+            connections_closed_total,
+            messages_total,
+            frames_untrackable_total,
             cert_subjects: Arc::default(),
         })
     }
@@ -346,6 +382,19 @@ impl Metrics {
                 .with_label_values(&[route, "upstream_to_client"]),
             handshake_duration: self.handshake_duration.with_label_values(&[route]),
             connection_duration: self.connection_duration.with_label_values(&[route]),
+            closed: crate::registry::CloseReason::ALL
+                .iter()
+                .map(|r| {
+                    self.connections_closed_total
+                        .with_label_values(&[route, r.as_str()])
+                })
+                .collect(),
+            messages_c2u: self
+                .messages_total
+                .with_label_values(&[route, "client_to_upstream"]),
+            messages_u2c: self
+                .messages_total
+                .with_label_values(&[route, "upstream_to_client"]),
             metrics: self.clone(),
         }
     }
@@ -358,6 +407,13 @@ impl Metrics {
     /// `wsgate_events_queued`.
     pub fn events_queued(&self) -> IntGauge {
         self.events_queued.clone()
+    }
+
+    /// Counts a tunnel whose framing was lost, by the tracker's violation.
+    pub fn untrackable(&self, route: &str, reason: &str) {
+        self.frames_untrackable_total
+            .with_label_values(&[route, reason])
+            .inc();
     }
 
     /// Counts a handshake outcome for a route label (or [`NO_ROUTE`]).
@@ -404,6 +460,22 @@ impl Drop for OpenConnection {
 }
 
 impl RouteMetrics {
+    /// Counts a tunnel's end.
+    pub fn closed(&self, reason: crate::registry::CloseReason) {
+        if let Some(i) = crate::registry::CloseReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            && let Some(c) = self.closed.get(i)
+        {
+            c.inc();
+        }
+    }
+
+    /// Counts a tunnel whose framing was lost.
+    pub fn untrackable(&self, reason: &str) {
+        self.metrics.untrackable(&self.route, reason);
+    }
+
     /// Counts a handshake outcome on this route.
     pub fn handshake(&self, outcome: Outcome) {
         self.metrics.handshake(&self.route, outcome);
