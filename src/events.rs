@@ -598,6 +598,19 @@ mod tests {
     }
 
     #[test]
+    fn a_webhook_secret_stays_out_of_debug_output() {
+        let url = crate::config::WebhookUrl {
+            tls: true,
+            host: "h".into(),
+            port: 443,
+            authority: "h".into(),
+            path_and_query: "/hook?key=s3cret".into(),
+            url: "https://h/hook?key=s3cret".into(),
+        };
+        assert_eq!(format!("{url:?}"), "WebhookUrl(https://h/hook?<redacted>)");
+    }
+
+    #[test]
     fn nobody_listening_builds_nothing() {
         let events = Events::new(&Metrics::new().unwrap(), 4);
         events.emit(None, || panic!("built an event nobody receives"));

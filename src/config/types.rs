@@ -424,7 +424,7 @@ impl Default for EventsConfig {
 }
 
 /// A parsed webhook URL.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct WebhookUrl {
     /// `true` for https://.
     pub tls: bool,
@@ -438,6 +438,19 @@ pub struct WebhookUrl {
     pub path_and_query: String,
     /// The URL as written, for messages.
     pub url: String,
+}
+
+impl std::fmt::Debug for WebhookUrl {
+    // The query may carry the receiver's secret (`?key=...`): it must not reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = self.path_and_query.split('?').next().unwrap_or("");
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "WebhookUrl({scheme}://{}{path}", self.authority)?;
+        if self.path_and_query.contains('?') {
+            f.write_str("?<redacted>")?;
+        }
+        f.write_str(")")
+    }
 }
 
 /// How a route with several upstream servers picks one.
