@@ -483,6 +483,33 @@ async fn webhook_urls_are_checked_at_load() {
             "a password in the URL is echoed: {err}"
         );
     }
+    for (events, want) in [
+        ("{timeout: 2s}", "routes[0].events.webhook: required"),
+        (
+            "{webhook: \"http://h/\", ca: ca.pem}",
+            "routes[0].events.ca: ",
+        ),
+        (
+            "{webhook: \"http://h/\", queue: 0}",
+            "routes[0].events.queue: ",
+        ),
+    ] {
+        let yaml = gate_yaml(
+            &format!("  - path: /ws\n    upstream: ws://127.0.0.1:1\n    events: {events}\n"),
+            "",
+        );
+        let err = wsgate::config::parse_str(
+            &yaml,
+            std::path::Path::new("t.yaml"),
+            std::path::Path::new("."),
+            &|_| None,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{events} accepted"))
+        .to_string();
+        assert!(err.starts_with(want), "{events}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
     let yaml = gate_yaml(
         "  - path: /ws\n    upstream: ws://127.0.0.1:1\n    events:\n      webhook: https://[::1]:8443/hook\n      timeout: 2s\n",
         "",
