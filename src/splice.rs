@@ -1450,3 +1450,219 @@ mod tunnel_tests {
         assert_eq!(rm.active.get(), 0);
     }
 }
+
+/// Frame-level behaviour on in-memory pipes, byte by byte where it matters: where injected
+/// frames land, which pongs are kept from the upstream, and what a stop sends.
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+    use crate::frames::{MessageKind, close_frame, data_frame, ping_frame};
+    use crate::metrics::Metrics;
+    use crate::registry::Outgoing;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    struct Rig {
+        client: DuplexStream,
+        upstream: DuplexStream,
+        info: Arc<TunnelInfo>,
+        tunnel: tokio::task::JoinHandle<SpliceReport>,
+    }
+
+    fn rig() -> Rig {
+        let metrics = Metrics::new().unwrap();
+        let rm = metrics.route("/t", false);
+        let (client, gc) = duplex(1 << 16);
+        let (upstream, gu) = duplex(1 << 16);
+        let info = Arc::new(TunnelInfo::new(
+            1,
+            "/t".into(),
+            None,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        ));
+        let tunnel = tokio::spawn({
+            let info = info.clone();
+            async move {
+                let opts = SessionOptions::default();
+                splice(gc, gu, &rm, info, &opts, false).await
+            }
+        });
+        Rig {
+            client,
+            upstream,
+            info,
+            tunnel,
+        }
+    }
+
+    /// Reads exactly `n` bytes (5 s at most).
+    async fn read_n(s: &mut DuplexStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+            .await
+            .expect("timed out reading")
+            .unwrap();
+        buf
+    }
+
+    /// Nothing arrives within 100 ms.
+    async fn quiet(s: &mut DuplexStream) {
+        let mut b = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_millis(100), s.read(&mut b)).await;
+        assert!(r.is_err(), "unexpected bytes: {r:?}");
+    }
+
+    fn text(s: &str) -> Outgoing {
+        Outgoing {
+            kind: MessageKind::Text,
+            payload: Bytes::copy_from_slice(s.as_bytes()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_push_waits_for_the_end_of_a_fragmented_message() {
+        let mut r = rig();
+        let first = data_frame(MessageKind::Text, b"part1", None);
+        let mut first = first.to_vec();
+        first[0] &= 0x7f; // FIN clear: a fragmented message begins
+        r.upstream.write_all(&first).await.unwrap();
+        assert_eq!(read_n(&mut r.client, first.len()).await, first);
+        // Wait until the tunnel marked itself tracked, then push mid-message.
+        while !r.info.is_tracked() {
+            tokio::task::yield_now().await;
+        }
+        r.info.push(text("pushed")).unwrap();
+        // A ping may interleave; a data message may not.
+        let ping = ping_frame(b"p", None);
+        r.upstream.write_all(&ping).await.unwrap();
+        assert_eq!(read_n(&mut r.client, ping.len()).await, ping.to_vec());
+        quiet(&mut r.client).await;
+        let mut last = vec![0x80, 5];
+        last.extend_from_slice(b"part2");
+        r.upstream.write_all(&last).await.unwrap();
+        assert_eq!(read_n(&mut r.client, last.len()).await, last);
+        let pushed = data_frame(MessageKind::Text, b"pushed", None);
+        assert_eq!(read_n(&mut r.client, pushed.len()).await, pushed.to_vec());
+        r.tunnel.abort();
+    }
+
+    #[tokio::test]
+    async fn a_stop_mid_frame_sends_the_close_after_that_frame() {
+        let mut r = rig();
+        let frame = data_frame(MessageKind::Binary, &[7u8; 300], None);
+        r.upstream.write_all(&frame[..100]).await.unwrap();
+        assert_eq!(read_n(&mut r.client, 100).await, frame[..100].to_vec());
+        r.info.stop(StopReason::Kicked);
+        quiet(&mut r.client).await;
+        // The upstream got its close at once (the client side was at a boundary).
+        let up_close = read_n(&mut r.upstream, 2 + 4 + 8).await;
+        assert_eq!(up_close[0], 0x88);
+        assert_eq!(up_close[1], 0x80 | 8, "masked, 2 + 6 bytes");
+        r.upstream.write_all(&frame[100..]).await.unwrap();
+        assert_eq!(
+            read_n(&mut r.client, frame.len() - 100).await,
+            frame[100..].to_vec()
+        );
+        let close = close_frame(4000, "kicked", None);
+        assert_eq!(read_n(&mut r.client, close.len()).await, close.to_vec());
+        // Both answer; the tunnel ends without waiting for close_wait.
+        r.client
+            .write_all(&close_frame(4000, "", Some([1, 2, 3, 4])))
+            .await
+            .unwrap();
+        r.upstream
+            .write_all(&close_frame(4000, "", None))
+            .await
+            .unwrap();
+        let report = tokio::time::timeout(Duration::from_millis(900), r.tunnel)
+            .await
+            .expect("tunnel waited for close_wait although both answered")
+            .unwrap();
+        assert_eq!(report.ended, Ended::Stopped(StopReason::Kicked));
+        assert_eq!(report.reason, CloseReason::Kicked);
+        assert_eq!(report.closed_by, ClosedBy::Gateway);
+    }
+
+    fn masked(frame: &[u8]) -> Vec<u8> {
+        // Re-encode a short unmasked frame as a client would send it.
+        let (op, payload) = (frame[0], &frame[2..]);
+        let key = [9u8, 8, 7, 6];
+        let mut out = vec![op, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        out
+    }
+
+    #[tokio::test]
+    async fn our_pong_is_dropped_whole_however_it_is_split() {
+        let a = masked(&data_frame(MessageKind::Text, b"A", None));
+        let b = masked(&data_frame(MessageKind::Text, b"B", None));
+        for split in 0..=14 {
+            let mut r = rig();
+            while !r.info.is_tracked() {
+                tokio::task::yield_now().await;
+            }
+            r.info.request_ping();
+            let ping = read_n(&mut r.client, 10).await;
+            assert_eq!(&ping[..2], &[0x89, 8]);
+            let mut pong = vec![0x8A, 8];
+            pong.extend_from_slice(&ping[2..]);
+            let pong = masked(&pong);
+            let mut stream = a.clone();
+            stream.extend_from_slice(&pong);
+            stream.extend_from_slice(&b);
+            let cut = a.len() + split;
+            r.client.write_all(&stream[..cut]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            r.client.write_all(&stream[cut..]).await.unwrap();
+            let mut want = a.clone();
+            want.extend_from_slice(&b);
+            assert_eq!(
+                read_n(&mut r.upstream, want.len()).await,
+                want,
+                "split at {split}"
+            );
+            quiet(&mut r.upstream).await;
+            // Another pong (not answering our ping) is the peers' business: forwarded.
+            let other = masked(&[0x8A, 2, b'h', b'i']);
+            r.client.write_all(&other).await.unwrap();
+            assert_eq!(read_n(&mut r.upstream, other.len()).await, other);
+            r.tunnel.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_limit_is_cut_before_its_frame() {
+        let metrics = Metrics::new().unwrap();
+        let rm = metrics.route("/t", false);
+        let (mut client, gc) = duplex(1 << 16);
+        let (mut upstream, gu) = duplex(1 << 16);
+        let info = Arc::new(TunnelInfo::new(
+            1,
+            "/t".into(),
+            None,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        ));
+        let tunnel = tokio::spawn(async move {
+            let opts = SessionOptions {
+                max_message: 10,
+                ..SessionOptions::default()
+            };
+            splice(gc, gu, &rm, info, &opts, false).await
+        });
+        let ok = masked(&data_frame(MessageKind::Text, b"0123456789", None));
+        let big = masked(&data_frame(MessageKind::Text, b"0123456789X", None));
+        client.write_all(&[ok.clone(), big].concat()).await.unwrap();
+        assert_eq!(read_n(&mut upstream, ok.len()).await, ok);
+        let close = read_n(&mut upstream, 2 + 4 + 2 + "message too big".len()).await;
+        assert_eq!(&close[..2], &[0x88, 0x80 | 17]);
+        let to_client = close_frame(1009, "message too big", None);
+        assert_eq!(
+            read_n(&mut client, to_client.len()).await,
+            to_client.to_vec()
+        );
+        drop(client);
+        let report = tunnel.await.unwrap();
+        assert_eq!(report.ended, Ended::TooBig);
+        assert_eq!(report.reason, CloseReason::TooBig);
+    }
+}
