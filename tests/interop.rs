@@ -1070,6 +1070,132 @@ fn python_websockets_deflate_big_inflight_subprotocol_close_codes() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 5b. Session layer: close codes as real clients see them
+// ---------------------------------------------------------------------------------------------
+
+/// Token expiry (Python `websockets`), message too big (Node `ws`), and the drain's close
+/// frame (Node `ws` and headless Chromium): each client reports the exact code and reason,
+/// and the Node `ws` backend reports the close frame it got from the gateway.
+#[test]
+fn session_close_codes_seen_by_python_node_and_chromium() {
+    if !ready(
+        "session_close_codes_seen_by_python_node_and_chromium",
+        [
+            python_tool(),
+            common::Tool::File(PathBuf::from("/usr/bin/chromium")),
+        ],
+    ) {
+        return;
+    }
+    let logs = logs();
+    let port = free_port();
+    let server = backend(
+        "ws_server",
+        node("ws_server.js", &[&port.to_string()]),
+        logs.path(),
+    );
+    let page_port = free_port();
+    let _pages = backend(
+        "page_server",
+        node("page_server.js", &[&page_port.to_string()]),
+        logs.path(),
+    );
+    let gate = Gate::start(
+        &(route("/exp", port, "jwt")
+            + &route("/big", port, "")
+            + "    max_message_bytes: 100\n"
+            + &route("/drain", port, "")
+            + &route("/page", page_port, "")),
+    );
+
+    // Python: a token that expires in 2 s closes with 4001 at exp.
+    let token = common::jwt(json!({"sub": "erin", "exp": common::now_secs() + 2}));
+    let py = Proc::spawn(
+        "py_session",
+        python(
+            "session_client.py",
+            &[&gate.ws(&format!("/exp?token={token}"))],
+        ),
+        logs.path(),
+    );
+    py.wait_json("open", Duration::from_secs(30), |v| v["event"] == "open");
+    let closed = py.wait_json("close", Duration::from_secs(30), |v| v["event"] == "closed");
+    assert_eq!(closed["code"], 4001, "python: {closed}");
+    assert_eq!(closed["reason"], "token expired", "python: {closed}");
+    let up = server.wait_event("close", |c| {
+        c["url"].as_str().is_some_and(|u| u.starts_with("/exp"))
+    });
+    assert_eq!(
+        (up["code"].clone(), up["reason"].clone()),
+        (json!(4001), json!("token expired")),
+        "backend: {up}"
+    );
+
+    // Node: a 101-byte message on a 100-byte route closes with 1009; the backend never got it.
+    let node_big = Proc::spawn(
+        "node_big",
+        node("session_client.js", &[&gate.ws("/big/2"), "big", "101"]),
+        logs.path(),
+    );
+    let closed = node_big.wait_json("close", Duration::from_secs(30), |v| v["event"] == "closed");
+    assert_eq!(
+        (closed["code"].clone(), closed["reason"].clone()),
+        (json!(1009), json!("message too big")),
+        "node: {closed}"
+    );
+    let up = server.wait_event("close", |c| c["url"] == "/big/2");
+    assert_eq!(up["code"], 1009, "backend: {up}");
+
+    // Drain: Node and Chromium both open, then SIGTERM; after drain_timeout (1 s) both get
+    // 1001 "going away", cleanly.
+    let node_wait = Proc::spawn(
+        "node_drain",
+        node("session_client.js", &[&gate.ws("/drain/node"), "wait"]),
+        logs.path(),
+    );
+    node_wait.wait_json("open", Duration::from_secs(30), |v| v["event"] == "open");
+    need(Path::new("/usr/bin/chromium"));
+    let profile = tempfile::tempdir().unwrap();
+    let chromium = Proc::spawn(
+        "chromium_drain",
+        node(
+            "browser_close.js",
+            &[
+                &profile.path().display().to_string(),
+                &format!("http://{}/page/index.html", gate.addr),
+                &gate.ws("/page/ws"),
+            ],
+        ),
+        logs.path(),
+    );
+    chromium.wait_json("open", Duration::from_secs(60), |v| v["event"] == "open");
+    let pid = gate._proc.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let closed = node_wait.wait_json("close", Duration::from_secs(30), |v| v["event"] == "closed");
+    assert_eq!(
+        (closed["code"].clone(), closed["reason"].clone()),
+        (json!(1001), json!("going away")),
+        "node: {closed}"
+    );
+    let closed = chromium.wait_json("close", Duration::from_secs(30), |v| v["event"] == "closed");
+    assert_eq!(closed["closeCode"], 1001, "chromium: {closed}");
+    assert_eq!(closed["reason"], "going away", "chromium: {closed}");
+    assert_eq!(closed["wasClean"], true, "chromium: {closed}");
+    let up = server.wait_event("close", |c| c["url"] == "/drain/node");
+    assert_eq!(
+        (up["code"].clone(), up["reason"].clone()),
+        (json!(1001), json!("going away")),
+        "backend: {up}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // 6. Prometheus
 // ---------------------------------------------------------------------------------------------
 
