@@ -3,7 +3,8 @@
 #
 #   bench/run.sh            full run: 3 interleaved reps (~12 min), writes bench/RESULTS.md
 #   bench/run.sh --quick    smoke run: 1 short rep, writes bench/RESULTS-quick.md
-#   options: --reps N, --out FILE, --keep (leave the temp dir with configs and raw JSON)
+#   options: --reps N, --out FILE, --keep (leave the temp dir with configs and raw JSON),
+#            --only "T1 T2 ..." (run only these targets, e.g. "nginx wsgate wsgate-raw")
 #
 # Not part of CI. Everything listens on 127.0.0.1; every process started here is stopped
 # by PID on exit. Proxies run on CPU 1, load generator and echo backend on CPU 0.
@@ -13,6 +14,7 @@ QUICK=0
 REPS=3
 KEEP=0
 OUT=""
+ONLY=""
 CMDLINE="bench/run.sh${*:+ $*}"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -20,6 +22,7 @@ while [ $# -gt 0 ]; do
         --reps) REPS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --keep) KEEP=1 ;;
+        --only) ONLY="$2"; shift ;;
         -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
@@ -203,6 +206,9 @@ routes:
   - path: /jwt
     upstream: ws://$ECHO
     auth: [jwt]
+  - path: /raw
+    upstream: ws://$ECHO
+    track_frames: false
 limits:
   handshake_rate_per_ip: 0
   max_connections_per_ip: 0
@@ -291,9 +297,15 @@ add caddy        caddy   "ws://127.0.0.1:19301/ws"   ""                       "i
 add caddy-tls    caddy   "wss://localhost:19302/ws"  "tls"                    "idle rate bulk handshake"
 add wsgate       wsgate  "ws://127.0.0.1:19401/ws"   ""                       "idle rate bulk handshake"
 add wsgate-tls   wsgate  "wss://localhost:19402/ws"  "tls"                    "idle rate bulk handshake"
+add wsgate-raw   wsgate  "ws://127.0.0.1:19401/raw"  ""                       "idle rate bulk"
+add wsgate-tls-raw wsgate "wss://localhost:19402/raw" "tls"                    "idle rate bulk"
 add wsgate-basic wsgate  "ws://127.0.0.1:19401/basic" "basic"                 "handshake"
 add wsgate-jwt   wsgate  "ws://127.0.0.1:19401/jwt"  "jwt"                    "handshake"
-ORDER=(direct nginx nginx-tls haproxy haproxy-tls caddy caddy-tls wsgate wsgate-tls wsgate-basic wsgate-jwt)
+ORDER=(direct nginx nginx-tls haproxy haproxy-tls caddy caddy-tls wsgate wsgate-tls wsgate-raw wsgate-tls-raw wsgate-basic wsgate-jwt)
+if [ -n "$ONLY" ]; then
+    for t in $ONLY; do [ -n "${KIND[$t]:-}" ] || { echo "unknown target: $t" >&2; exit 2; }; done
+    read -r -a ORDER <<<"$ONLY"
+fi
 
 COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || COMMIT="$COMMIT+dirty"
@@ -347,7 +359,8 @@ def fmt(v, nd=1):
     s = f"{m:,.{nd}f}"
     if len(v) > 1: s += f" ({min(v):,.{nd}f}–{max(v):,.{nd}f})"
     return s
-targets = ["direct","nginx","nginx-tls","haproxy","haproxy-tls","caddy","caddy-tls","wsgate","wsgate-tls","wsgate-basic","wsgate-jwt"]
+targets = [t for t in ["direct","nginx","nginx-tls","haproxy","haproxy-tls","caddy","caddy-tls","wsgate","wsgate-tls","wsgate-raw","wsgate-tls-raw","wsgate-basic","wsgate-jwt"]
+           if any(r["target"] == t for r in rows)]
 base = med(vals("direct","rate","rtt_us","p50"))
 metrics = [
  ("proxy CPU µs / 128 B echo @20k msg/s", lambda t: vals(t,"rate","proxy_cpu_us_per_msg") if t!="direct" else [], 2),
@@ -398,11 +411,22 @@ goals = [
  ("bulk wsgate-tls ÷ caddy-tls", ratio("wsgate-tls","caddy-tls",bulk), "≥ 1.2", lambda r: r >= 1.2),
  ("added RTT p50 wsgate ÷ nginx", ratio("wsgate","nginx",addrtt), "≤ 0.7", lambda r: r <= 0.7),
  ("added RTT p50 wsgate-tls ÷ nginx-tls", ratio("wsgate-tls","nginx-tls",addrtt), "≤ 0.7", lambda r: r <= 0.7),
+ # Frame tracking (on by default: wsgate, wsgate-tls) against the same gateway with
+ # `track_frames: false` (wsgate-raw, wsgate-tls-raw).
+ ("CPU/msg frames tracked ÷ untracked (plain)", ratio("wsgate","wsgate-raw",cpu), "≤ 1.10", lambda r: r <= 1.10),
+ ("CPU/msg frames tracked ÷ untracked (TLS)", ratio("wsgate-tls","wsgate-tls-raw",cpu), "≤ 1.10", lambda r: r <= 1.10),
 ]
+def diff_bytes(a, b):
+    va, vb = med(rss(a)), med(rss(b))
+    return None if va is None or vb is None else (va - vb) * 1024
+for name, a, b in (("plain", "wsgate", "wsgate-raw"), ("TLS", "wsgate-tls", "wsgate-tls-raw")):
+    d = diff_bytes(a, b)
+    goals.append((f"RSS/idle conn tracked − untracked ({name}), bytes", d, "≤ 64", lambda r: r <= 64))
 L.append("| goal (ratio of medians, same run) | value | target | met |")
 L.append("|---|---|---|---|")
 for name, r, tgt, ok in goals:
-    L.append(f"| {name} | {'–' if r is None else f'{r:.2f}'} | {tgt} | {'–' if r is None else ('yes' if ok(r) else '**no**')} |")
+    val = '–' if r is None else (f'{r:+.0f}' if 'bytes' in name else f'{r:.2f}')
+    L.append(f"| {name} | {val} | {tgt} | {'–' if r is None else ('yes' if ok(r) else '**no**')} |")
 w, b_, j = med(hs("wsgate")), med(hs("wsgate-basic")), med(hs("wsgate-jwt"))
 for name, x in (("JWT", j), ("Basic (warm cache)", b_)):
     if w is not None and x is not None:

@@ -245,6 +245,12 @@ impl TunnelInfo {
         self
     }
 
+    /// Asks the tunnel to ping the client now (the keepalive sweep does this on schedule).
+    pub fn request_ping(&self) {
+        self.flags.fetch_or(FLAG_PING, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
     /// Takes a pending request to send a keepalive ping.
     pub fn take_ping_request(&self) -> bool {
         self.flags.load(Ordering::Acquire) & FLAG_PING != 0

@@ -36,7 +36,6 @@ use crate::metrics::RouteMetrics;
 use crate::registry::{CloseReason, StopReason, TunnelInfo};
 use crate::upstream::UpstreamStream;
 use bytes::Bytes;
-use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Per-thread scratch buffer: one large read per readiness event, at no per-tunnel cost.
@@ -182,34 +181,27 @@ where
     let mut tunnel = Tunnel {
         client,
         upstream,
-        c2u: Direction::new(
-            metrics.bytes_c2u.clone(),
-            metrics.messages_c2u.clone(),
-            tracker(frames::Direction::ClientToServer),
-        ),
-        u2c: Direction::new(
-            metrics.bytes_u2c.clone(),
-            metrics.messages_u2c.clone(),
-            tracker(frames::Direction::ServerToClient),
-        ),
+        c2u: Direction::new(tracker(frames::Direction::ClientToServer)),
+        u2c: Direction::new(tracker(frames::Direction::ServerToClient)),
         info,
         opts,
+        metrics,
         first: None,
         first_close: None,
         aux: None,
     };
     let ended = (&mut tunnel).await;
     tunnel.info.set_tracked(false);
-    tunnel.c2u.publish();
-    tunnel.u2c.publish();
+    tunnel.c2u.publish(metrics);
+    tunnel.u2c.publish(metrics);
     for (dir, lost) in [(&tunnel.c2u, "client"), (&tunnel.u2c, "upstream")] {
-        if let Some(v) = dir.lost {
-            metrics.untrackable(v.as_str());
+        if let Some(v) = dir.lost_label() {
+            metrics.untrackable(v);
             tracing::info!(
                 route = %metrics.route,
                 id = tunnel.info.id,
                 from = lost,
-                violation = v.as_str(),
+                violation = v,
                 "stopped following WebSocket frames; the tunnel goes on as a byte pipe"
             );
         }
@@ -269,6 +261,7 @@ struct Tunnel<'a, C, U> {
     u2c: Direction,
     info: Arc<TunnelInfo>,
     opts: &'a SessionOptions,
+    metrics: &'a RouteMetrics,
     /// Who hung up (or failed) first at TCP level.
     first: Option<ClosedBy>,
     /// Who sent the first close frame.
@@ -383,7 +376,7 @@ where
         t.info.register_waker(cx.waker());
         let closing = t.aux.as_ref().is_some_and(|a| a.closing.is_some());
         if !closing {
-            let stop = if t.c2u.too_big || t.u2c.too_big {
+            let stop = if t.c2u.has(TOO_BIG) || t.u2c.has(TOO_BIG) {
                 Some((
                     Ended::TooBig,
                     t.opts.codes.too_big,
@@ -416,12 +409,13 @@ where
         };
         let max = t.opts.max_message;
         let info = &*t.info;
+        let m = t.metrics;
         let a = t
             .c2u
-            .poll(cx, &mut t.client, &mut t.upstream, info, max, want_c2u);
+            .poll(cx, &mut t.client, &mut t.upstream, (info, m), max, want_c2u);
         let b = t
             .u2c
-            .poll(cx, &mut t.upstream, &mut t.client, info, max, want_u2c);
+            .poll(cx, &mut t.upstream, &mut t.client, (info, m), max, want_u2c);
         t.after_poll();
         if let Some(closing) = t.aux.as_mut().and_then(|a| a.closing.as_mut()) {
             // A gateway close ends when both peers answered (or stopped sending), when the
@@ -433,15 +427,17 @@ where
             }
             return Poll::Pending;
         }
-        if (t.c2u.too_big || t.u2c.too_big) && t.aux.as_ref().is_none_or(|a| a.closing.is_none()) {
+        if (t.c2u.has(TOO_BIG) || t.u2c.has(TOO_BIG))
+            && t.aux.as_ref().is_none_or(|a| a.closing.is_none())
+        {
             // Start the 1009 close on the next turn (the check at the top).
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        let both = t.c2u.saw_close && t.u2c.saw_close;
+        let both = t.c2u.has(SAW_CLOSE) && t.u2c.has(SAW_CLOSE);
         if (both && (t.c2u.finished() || t.u2c.finished()))
-            || (t.c2u.saw_close && t.u2c.finished())
-            || (t.u2c.saw_close && t.c2u.finished())
+            || (t.c2u.has(SAW_CLOSE) && t.u2c.finished())
+            || (t.u2c.has(SAW_CLOSE) && t.c2u.finished())
         {
             // A side that received a close frame hung up (answered or not), or both close
             // frames passed and either side hung up: the WebSocket is over, so don't wait
@@ -468,7 +464,7 @@ where
             (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => {
                 // After a close frame each way, a reset (or a TLS peer that skips
                 // close_notify, as browsers do) is a normal end, not an error.
-                if t.c2u.saw_close && t.u2c.saw_close {
+                if t.c2u.has(SAW_CLOSE) && t.u2c.has(SAW_CLOSE) {
                     Poll::Ready(Ended::Closed)
                 } else {
                     Poll::Ready(Ended::Error)
@@ -484,30 +480,31 @@ impl<C, U> Tunnel<'_, C, U> {
     /// Takes what the directions noticed while copying.
     fn after_poll(&mut self) {
         if self.first_close.is_none() {
-            if self.c2u.saw_close && !self.c2u.close_was_answer {
+            if self.c2u.has(SAW_CLOSE) {
                 self.first_close = Some(ClosedBy::Client);
-            } else if self.u2c.saw_close && !self.u2c.close_was_answer {
+            } else if self.u2c.has(SAW_CLOSE) {
                 self.first_close = Some(ClosedBy::Upstream);
             }
         }
-        if std::mem::take(&mut self.c2u.saw_pong) {
+        if self.c2u.take(SAW_PONG) {
             self.info.pong_received();
         }
         let Some(aux) = self.aux.as_deref_mut() else {
             return;
         };
         if let Some(c) = &mut aux.closing {
-            if std::mem::take(&mut self.c2u.injected) {
+            if self.c2u.take(INJECTED) {
                 c.to_upstream = None;
             }
-            if std::mem::take(&mut self.u2c.injected) {
+            if self.u2c.take(INJECTED) {
                 c.to_client = None;
             }
             // An answer is the peer's close frame after ours went out; a reader that ended
             // answers too.
-            c.client_done |= self.c2u.finished() || (c.to_client.is_none() && self.c2u.saw_close);
+            c.client_done |=
+                self.c2u.finished() || (c.to_client.is_none() && self.c2u.has(SAW_CLOSE));
             c.upstream_done |=
-                self.u2c.finished() || (c.to_upstream.is_none() && self.u2c.saw_close);
+                self.u2c.finished() || (c.to_upstream.is_none() && self.u2c.has(SAW_CLOSE));
             if self.c2u.tracker.is_untrackable() {
                 c.to_upstream = None;
                 c.upstream_done = true;
@@ -516,7 +513,7 @@ impl<C, U> Tunnel<'_, C, U> {
                 c.to_client = None;
                 c.client_done = true;
             }
-        } else if std::mem::take(&mut self.u2c.injected) {
+        } else if self.u2c.take(INJECTED) {
             if let Some(Staged {
                 ping: Some(payload),
                 ..
@@ -551,34 +548,77 @@ impl Want {
 
 /// One direction of the copy. Byte counts go to the tunnel's own atomics at once (the
 /// registry and idle sweeper read them) and to the shared route counter in batches.
+/// 64 bytes: every idle tunnel holds two.
 struct Direction {
     /// Bytes read but not yet accepted by the writer (rare: only under backpressure).
     pending: Option<Box<(Vec<u8>, usize)>>,
     /// The start of a frame that may be the pong answering our ping, held back until it is
-    /// settled (client → upstream only, at most 14 bytes).
-    held: Option<Box<[u8]>>,
+    /// settled (client → upstream only).
+    held: Option<Box<Held>>,
     tracker: FrameTracker,
-    state: DirState,
-    /// Our close frame went into this direction's writer: the reader is still read (for
-    /// the peer's answer) but nothing more is forwarded.
-    discard: bool,
-    /// The wanted frame was written (the tunnel clears it).
-    injected: bool,
-    /// A close frame came from this direction's reader.
-    saw_close: bool,
-    /// ... after a close frame went the other way (it answers that one).
-    close_was_answer: bool,
-    /// The pong answering our ping came from this reader (the tunnel clears it).
-    saw_pong: bool,
-    /// A message from this reader exceeded the limit.
-    too_big: bool,
-    /// Why framing was lost, once.
-    lost: Option<Violation>,
-    chunks: u32,
-    messages: u32,
     unpublished: u64,
-    counter: IntCounter,
-    msg_counter: IntCounter,
+    messages: u32,
+    chunks: u8,
+    state: DirState,
+    /// `INJECTED`, `DISCARD`, `SAW_CLOSE`, `SAW_PONG`, `TOO_BIG`.
+    flags: u8,
+    /// Why framing was lost: 1 + index in [`LOST`], 0 = not lost.
+    lost: u8,
+}
+
+/// The wanted frame was written (the tunnel clears it).
+const INJECTED: u8 = 1;
+/// Our close frame went into this direction's writer: the reader is still read (for the
+/// peer's answer) but nothing more is forwarded.
+const DISCARD: u8 = 2;
+/// A close frame came from this direction's reader.
+const SAW_CLOSE: u8 = 4;
+/// The pong answering our ping came from this reader (the tunnel clears it).
+const SAW_PONG: u8 = 8;
+/// A message from this reader exceeded the limit.
+const TOO_BIG: u8 = 16;
+
+/// Labels of [`Violation`]s, indexed by `Direction::lost - 1`.
+const LOST: [&str; 12] = [
+    "reserved_opcode",
+    "rsv2_rsv3",
+    "rsv1_without_deflate",
+    "rsv1_on_continuation",
+    "rsv1_on_control",
+    "fragmented_control",
+    "control_too_long",
+    "length_top_bit",
+    "unmasked",
+    "masked",
+    "continuation_without_message",
+    "data_inside_message",
+];
+
+fn lost_code(v: Violation) -> u8 {
+    LOST.iter()
+        .position(|l| *l == v.as_str())
+        .map_or(u8::MAX, |i| i as u8 + 1)
+}
+
+/// Up to 14 held-back bytes (a pong frame's 2 + 4 header and 8 payload bytes).
+struct Held {
+    len: u8,
+    buf: [u8; 14],
+}
+
+impl Held {
+    fn new(bytes: &[u8]) -> Option<Box<Held>> {
+        let mut buf = [0u8; 14];
+        buf.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(Box::new(Held {
+            len: bytes.len() as u8,
+            buf,
+        }))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -593,12 +633,6 @@ enum Read {
     Pending,
     Eof,
     Moved(usize),
-}
-
-impl Drop for Direction {
-    fn drop(&mut self) {
-        self.publish();
-    }
 }
 
 /// What one chunk showed, gathered from the tracker's events.
@@ -650,30 +684,46 @@ impl Scan {
 }
 
 impl Direction {
-    fn new(counter: IntCounter, msg_counter: IntCounter, tracker: FrameTracker) -> Self {
+    fn new(tracker: FrameTracker) -> Self {
         Direction {
             pending: None,
             held: None,
             tracker,
-            state: DirState::Copying,
-            discard: false,
-            injected: false,
-            saw_close: false,
-            close_was_answer: false,
-            saw_pong: false,
-            too_big: false,
-            lost: None,
-            chunks: 0,
-            messages: 0,
             unpublished: 0,
-            counter,
-            msg_counter,
+            messages: 0,
+            chunks: 0,
+            state: DirState::Copying,
+            flags: 0,
+            lost: 0,
         }
     }
 
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    fn set(&mut self, flag: u8) {
+        self.flags |= flag;
+    }
+
+    fn take(&mut self, flag: u8) -> bool {
+        let had = self.has(flag);
+        self.flags &= !flag;
+        had
+    }
+
+    fn lost_label(&self) -> Option<&'static str> {
+        let i = usize::from(self.lost).checked_sub(1)?;
+        Some(LOST.get(i).copied().unwrap_or("unknown"))
+    }
+
+    fn client_to_upstream(&self) -> bool {
+        self.tracker.direction() == frames::Direction::ClientToServer
+    }
+
     #[inline]
-    fn add(&mut self, n: usize, info: &TunnelInfo) {
-        let total = if self.tracker.direction() == frames::Direction::ClientToServer {
+    fn add(&mut self, n: usize, info: &TunnelInfo, m: &RouteMetrics) {
+        let total = if self.client_to_upstream() {
             &info.client_to_upstream
         } else {
             &info.upstream_to_client
@@ -683,17 +733,25 @@ impl Direction {
         self.chunks += 1;
         // Batching keeps the shared route counter off the per-chunk path, while chatty
         // small-message tunnels still show up within a few dozen messages.
-        if self.unpublished >= FLUSH_EVERY || self.chunks >= FLUSH_CHUNKS {
-            self.publish();
+        if self.unpublished >= FLUSH_EVERY
+            || u32::from(self.chunks) >= FLUSH_CHUNKS
+            || self.messages >= 1 << 30
+        {
+            self.publish(m);
         }
     }
 
-    fn publish(&mut self) {
+    fn publish(&mut self, m: &RouteMetrics) {
+        let (bytes, msgs) = if self.client_to_upstream() {
+            (&m.bytes_c2u, &m.messages_c2u)
+        } else {
+            (&m.bytes_u2c, &m.messages_u2c)
+        };
         if self.unpublished > 0 {
-            self.counter.inc_by(self.unpublished);
+            bytes.inc_by(self.unpublished);
         }
         if self.messages > 0 {
-            self.msg_counter.inc_by(u64::from(self.messages));
+            msgs.inc_by(u64::from(self.messages));
         }
         self.unpublished = 0;
         self.messages = 0;
@@ -736,7 +794,7 @@ impl Direction {
         cx: &mut Context<'_>,
         r: &mut R,
         w: &mut W,
-        info: &TunnelInfo,
+        info: (&TunnelInfo, &RouteMetrics),
         max: u64,
         want: Option<&Want>,
     ) -> Poll<io::Result<()>>
@@ -756,7 +814,7 @@ impl Direction {
         cx: &mut Context<'_>,
         r: &mut R,
         w: &mut W,
-        info: &TunnelInfo,
+        info: (&TunnelInfo, &RouteMetrics),
         max: u64,
         mut want: Option<&Want>,
     ) -> Poll<io::Result<()>>
@@ -764,7 +822,7 @@ impl Direction {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        if self.injected {
+        if self.has(INJECTED) {
             // Written already; the tunnel hasn't taken note yet.
             want = None;
         }
@@ -795,7 +853,7 @@ impl Direction {
             match self.state {
                 DirState::Done => return Poll::Ready(Ok(())),
                 DirState::ShuttingDown => {
-                    if self.discard {
+                    if self.has(DISCARD) {
                         // Our close frame ended this way; the final shutdown closes it.
                         return Poll::Ready(Ok(()));
                     }
@@ -807,11 +865,11 @@ impl Direction {
             }
             let step = SCRATCH
                 .with_borrow_mut(|scratch| self.read_and_write(cx, r, w, scratch, max, want))?;
-            if self.injected {
+            if self.has(INJECTED) {
                 want = None;
             }
             match step {
-                Read::Moved(n) => self.add(n, info),
+                Read::Moved(n) => self.add(n, info.0, info.1),
                 Read::Eof => self.state = DirState::ShuttingDown,
                 Read::Pending => {
                     // Nothing to read: push out anything a TLS writer still buffers, so
@@ -826,10 +884,10 @@ impl Direction {
     }
 
     fn mark_injected(&mut self, want: &Want) {
-        self.injected = true;
+        self.set(INJECTED);
         if !want.data {
             // Only close frames are wanted as control frames: nothing follows them.
-            self.discard = true;
+            self.set(DISCARD);
         }
     }
 
@@ -891,16 +949,16 @@ impl Direction {
         let data = rb.filled();
         if data.is_empty() {
             if let Some(held) = self.held.take()
-                && !self.discard
+                && !self.has(DISCARD)
             {
                 // An unfinished frame at EOF: not our pong, so it is the peer's to deliver.
-                self.write_parts(cx, w, &[&held])?;
+                self.write_parts(cx, w, &[held.bytes()])?;
             }
             return Ok(Read::Eof);
         }
         let n = data.len();
         if self.tracker.is_untrackable() {
-            if !self.discard {
+            if !self.has(DISCARD) {
                 self.write_parts(cx, w, &[data])?;
             }
             return Ok(Read::Moved(n));
@@ -918,22 +976,22 @@ impl Direction {
         };
         self.tracker.feed(data, max, &mut |ev| scan.on(ev));
         self.messages += scan.messages;
-        if scan.close && !self.saw_close {
-            self.saw_close = true;
+        if scan.close {
+            self.set(SAW_CLOSE);
         }
         if scan.pong.is_some() {
-            self.saw_pong = true;
+            self.set(SAW_PONG);
         }
         if let Some(v) = scan.lost {
-            self.lost = Some(v);
+            self.lost = lost_code(v);
         }
         // Held bytes come first: work on one buffer, offsets shifted by their length.
         let held = self.held.take();
-        let h = held.as_ref().map_or(0, |b| b.len());
+        let h = held.as_ref().map_or(0, |b| b.bytes().len());
         let buf: Cow<'_, [u8]> = match &held {
             Some(b) => {
                 let mut v = Vec::with_capacity(h + n);
-                v.extend_from_slice(b);
+                v.extend_from_slice(b.bytes());
                 v.extend_from_slice(data);
                 Cow::Owned(v)
             }
@@ -945,19 +1003,21 @@ impl Direction {
             // Stop before the frame that broke the limit; if its head already went out
             // (split across reads), the peer sees a cut frame, then our close or a reset.
             end = at(s);
-            self.too_big = true;
+            self.set(TOO_BIG);
         }
-        let hold = if scan.lost.is_none() && !self.too_big {
+        let hold = if scan.lost.is_none() && !self.has(TOO_BIG) {
             self.tracker.pending_pong_len()
         } else {
             0
         };
         if hold > 0 {
             let from = (h + n).saturating_sub(hold);
-            self.held = Some(buf[from..].into());
-            end = end.min(from);
+            self.held = Held::new(&buf[from..]);
+            if self.held.is_some() {
+                end = end.min(from);
+            }
         }
-        if self.discard {
+        if self.has(DISCARD) {
             return Ok(Read::Moved(n));
         }
         let (skip_from, skip_to) = match scan.pong {
@@ -1448,5 +1508,230 @@ mod tunnel_tests {
         .unwrap();
         assert_eq!(report.ended, Ended::Error);
         assert_eq!(rm.active.get(), 0);
+    }
+}
+
+/// Frame-level behaviour on in-memory pipes, byte by byte where it matters: where injected
+/// frames land, which pongs are kept from the upstream, and what a stop sends.
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+    use crate::frames::{MessageKind, close_frame, data_frame, ping_frame};
+    use crate::metrics::Metrics;
+    use crate::registry::Outgoing;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    struct Rig {
+        client: DuplexStream,
+        upstream: DuplexStream,
+        info: Arc<TunnelInfo>,
+        tunnel: tokio::task::JoinHandle<SpliceReport>,
+    }
+
+    fn rig() -> Rig {
+        let metrics = Metrics::new().unwrap();
+        let rm = metrics.route("/t", false);
+        let (client, gc) = duplex(1 << 16);
+        let (upstream, gu) = duplex(1 << 16);
+        let info = Arc::new(TunnelInfo::new(
+            1,
+            "/t".into(),
+            None,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        ));
+        let tunnel = tokio::spawn({
+            let info = info.clone();
+            async move {
+                let opts = SessionOptions::default();
+                splice(gc, gu, &rm, info, &opts, false).await
+            }
+        });
+        Rig {
+            client,
+            upstream,
+            info,
+            tunnel,
+        }
+    }
+
+    /// Reads exactly `n` bytes (5 s at most).
+    async fn read_n(s: &mut DuplexStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+            .await
+            .expect("timed out reading")
+            .unwrap();
+        buf
+    }
+
+    /// Nothing arrives within 100 ms.
+    async fn quiet(s: &mut DuplexStream) {
+        let mut b = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_millis(100), s.read(&mut b)).await;
+        assert!(r.is_err(), "unexpected bytes: {r:?}");
+    }
+
+    fn text(s: &str) -> Outgoing {
+        Outgoing {
+            kind: MessageKind::Text,
+            payload: Bytes::copy_from_slice(s.as_bytes()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_push_waits_for_the_end_of_a_fragmented_message() {
+        let mut r = rig();
+        let first = data_frame(MessageKind::Text, b"part1", None);
+        let mut first = first.to_vec();
+        first[0] &= 0x7f; // FIN clear: a fragmented message begins
+        r.upstream.write_all(&first).await.unwrap();
+        assert_eq!(read_n(&mut r.client, first.len()).await, first);
+        // Wait until the tunnel marked itself tracked, then push mid-message.
+        while !r.info.is_tracked() {
+            tokio::task::yield_now().await;
+        }
+        r.info.push(text("pushed")).unwrap();
+        // A ping may interleave; a data message may not.
+        let ping = ping_frame(b"p", None);
+        r.upstream.write_all(&ping).await.unwrap();
+        assert_eq!(read_n(&mut r.client, ping.len()).await, ping.to_vec());
+        quiet(&mut r.client).await;
+        let mut last = vec![0x80, 5];
+        last.extend_from_slice(b"part2");
+        r.upstream.write_all(&last).await.unwrap();
+        assert_eq!(read_n(&mut r.client, last.len()).await, last);
+        let pushed = data_frame(MessageKind::Text, b"pushed", None);
+        assert_eq!(read_n(&mut r.client, pushed.len()).await, pushed.to_vec());
+        r.tunnel.abort();
+    }
+
+    #[tokio::test]
+    async fn a_stop_mid_frame_sends_the_close_after_that_frame() {
+        let mut r = rig();
+        let frame = data_frame(MessageKind::Binary, &[7u8; 300], None);
+        r.upstream.write_all(&frame[..100]).await.unwrap();
+        assert_eq!(read_n(&mut r.client, 100).await, frame[..100].to_vec());
+        r.info.stop(StopReason::Kicked);
+        quiet(&mut r.client).await;
+        // The upstream got its close at once (the client side was at a boundary).
+        let up_close = read_n(&mut r.upstream, 2 + 4 + 8).await;
+        assert_eq!(up_close[0], 0x88);
+        assert_eq!(up_close[1], 0x80 | 8, "masked, 2 + 6 bytes");
+        r.upstream.write_all(&frame[100..]).await.unwrap();
+        assert_eq!(
+            read_n(&mut r.client, frame.len() - 100).await,
+            frame[100..].to_vec()
+        );
+        let close = close_frame(4000, "kicked", None);
+        assert_eq!(read_n(&mut r.client, close.len()).await, close.to_vec());
+        // Both answer; the tunnel ends without waiting for close_wait.
+        r.client
+            .write_all(&close_frame(4000, "", Some([1, 2, 3, 4])))
+            .await
+            .unwrap();
+        r.upstream
+            .write_all(&close_frame(4000, "", None))
+            .await
+            .unwrap();
+        let report = tokio::time::timeout(Duration::from_millis(900), r.tunnel)
+            .await
+            .expect("tunnel waited for close_wait although both answered")
+            .unwrap();
+        assert_eq!(report.ended, Ended::Stopped(StopReason::Kicked));
+        assert_eq!(report.reason, CloseReason::Kicked);
+        assert_eq!(report.closed_by, ClosedBy::Gateway);
+    }
+
+    fn masked(frame: &[u8]) -> Vec<u8> {
+        // Re-encode a short unmasked frame as a client would send it.
+        let (op, payload) = (frame[0], &frame[2..]);
+        let key = [9u8, 8, 7, 6];
+        let mut out = vec![op, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        out
+    }
+
+    #[tokio::test]
+    async fn our_pong_is_dropped_whole_however_it_is_split() {
+        let a = masked(&data_frame(MessageKind::Text, b"A", None));
+        let b = masked(&data_frame(MessageKind::Text, b"B", None));
+        for split in 0..=14 {
+            let mut r = rig();
+            while !r.info.is_tracked() {
+                tokio::task::yield_now().await;
+            }
+            r.info.request_ping();
+            let ping = read_n(&mut r.client, 10).await;
+            assert_eq!(&ping[..2], &[0x89, 8]);
+            let mut pong = vec![0x8A, 8];
+            pong.extend_from_slice(&ping[2..]);
+            let pong = masked(&pong);
+            let mut stream = a.clone();
+            stream.extend_from_slice(&pong);
+            stream.extend_from_slice(&b);
+            let cut = a.len() + split;
+            r.client.write_all(&stream[..cut]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            r.client.write_all(&stream[cut..]).await.unwrap();
+            let mut want = a.clone();
+            want.extend_from_slice(&b);
+            assert_eq!(
+                read_n(&mut r.upstream, want.len()).await,
+                want,
+                "split at {split}"
+            );
+            quiet(&mut r.upstream).await;
+            // Another pong (not answering our ping) is the peers' business: forwarded.
+            let other = masked(&[0x8A, 2, b'h', b'i']);
+            r.client.write_all(&other).await.unwrap();
+            assert_eq!(read_n(&mut r.upstream, other.len()).await, other);
+            r.tunnel.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_limit_is_cut_before_its_frame() {
+        let metrics = Metrics::new().unwrap();
+        let rm = metrics.route("/t", false);
+        let (mut client, gc) = duplex(1 << 16);
+        let (mut upstream, gu) = duplex(1 << 16);
+        let info = Arc::new(TunnelInfo::new(
+            1,
+            "/t".into(),
+            None,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        ));
+        let tunnel = tokio::spawn(async move {
+            let opts = SessionOptions {
+                max_message: 10,
+                ..SessionOptions::default()
+            };
+            splice(gc, gu, &rm, info, &opts, false).await
+        });
+        let ok = masked(&data_frame(MessageKind::Text, b"0123456789", None));
+        let big = masked(&data_frame(MessageKind::Text, b"0123456789X", None));
+        client.write_all(&[ok.clone(), big].concat()).await.unwrap();
+        assert_eq!(read_n(&mut upstream, ok.len()).await, ok);
+        let close = read_n(&mut upstream, 2 + 4 + 2 + "message too big".len()).await;
+        assert_eq!(&close[..2], &[0x88, 0x80 | 17]);
+        let to_client = close_frame(1009, "message too big", None);
+        assert_eq!(
+            read_n(&mut client, to_client.len()).await,
+            to_client.to_vec()
+        );
+        drop(client);
+        let report = tunnel.await.unwrap();
+        assert_eq!(report.ended, Ended::TooBig);
+        assert_eq!(report.reason, CloseReason::TooBig);
+    }
+}
+#[cfg(test)]
+mod size_tests {
+    /// An idle tunnel holds two of these: frame tracking must stay within its 64-byte
+    /// budget per tunnel (two 32-byte trackers), the rest packed around them.
+    #[test]
+    fn a_direction_is_64_bytes() {
+        assert_eq!(std::mem::size_of::<super::Direction>(), 64);
     }
 }

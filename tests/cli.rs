@@ -1346,3 +1346,69 @@ async fn healthcheck_without_admin_probes_the_first_listener() {
         "TLS env, stopped",
     );
 }
+
+/// The access log says who sent the first close frame and that a normal close over wss is
+/// a close, not an error (a client that drops TCP without TLS close_notify after the close
+/// handshake, as browsers do).
+#[tokio::test]
+async fn access_log_tells_who_closed_first_over_wss() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let files = Files::new();
+    let der = files.cert("tls");
+    let echo = echo_upstream().await;
+    let (port, admin) = (free_port(), free_port());
+    let cfg = files.write(
+        "wss.yaml",
+        &format!(
+            "listeners:\n  - bind: \"127.0.0.1:{port}\"\n    tls:\n      cert: tls.crt\n      key: tls.key\n\
+             admin:\n  bind: \"127.0.0.1:{admin}\"\n\
+             routes:\n  - path: /ws\n    upstream: ws://{}\n",
+            echo.addr
+        ),
+    );
+    let cfg = cfg.to_str().unwrap().to_string();
+    let mut gate = Proc::spawn(files.dir.path(), &["--config", &cfg], "info");
+    gate.wait_healthy(format!("127.0.0.1:{admin}").parse().unwrap())
+        .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        format!("wss://localhost:{port}/ws"),
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
+            tls,
+        ))),
+    )
+    .await
+    .unwrap();
+    echo_roundtrip(&mut ws, "hello").await;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    // Read the answer, then drop the socket without a TLS close_notify.
+    let _ = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    drop(ws);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        if let Some(l) = gate.log().lines().find(|l| l.contains("tunnel closed")) {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "no access line:\n{}", gate.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(line.contains("ended=\"closed\""), "{line}");
+    assert!(line.contains("closed_by=\"client\""), "{line}");
+    assert!(line.contains("reason=\"client\""), "{line}");
+}

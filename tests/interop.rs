@@ -1070,6 +1070,285 @@ fn python_websockets_deflate_big_inflight_subprotocol_close_codes() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 5b. Session layer: close codes as real clients see them
+// ---------------------------------------------------------------------------------------------
+
+/// Token expiry (Python `websockets`), message too big (Node `ws`), and the drain's close
+/// frame (Node `ws` and headless Chromium): each client reports the exact code and reason,
+/// and the Node `ws` backend reports the close frame it got from the gateway.
+#[test]
+fn session_close_codes_seen_by_python_node_and_chromium() {
+    if !ready(
+        "session_close_codes_seen_by_python_node_and_chromium",
+        [
+            python_tool(),
+            common::Tool::File(PathBuf::from("/usr/bin/chromium")),
+        ],
+    ) {
+        return;
+    }
+    let logs = logs();
+    let port = free_port();
+    let server = backend(
+        "ws_server",
+        node("ws_server.js", &[&port.to_string()]),
+        logs.path(),
+    );
+    let page_port = free_port();
+    let _pages = backend(
+        "page_server",
+        node("page_server.js", &[&page_port.to_string()]),
+        logs.path(),
+    );
+    let gate = Gate::start(
+        &(route("/exp", port, "jwt")
+            + &route("/big", port, "")
+            + "    max_message_bytes: 100\n"
+            + &route("/drain", port, "")
+            + &route("/page", page_port, "")),
+    );
+
+    // Python: a token that expires in 2 s closes with 4001 at exp.
+    let token = common::jwt(json!({"sub": "erin", "exp": common::now_secs() + 2}));
+    let py = Proc::spawn(
+        "py_session",
+        python(
+            "session_client.py",
+            &[&gate.ws(&format!("/exp?token={token}"))],
+        ),
+        logs.path(),
+    );
+    py.wait_json("open", Duration::from_secs(30), |v| v["event"] == "open");
+    let closed = py.wait_json("close", Duration::from_secs(30), |v| v["event"] == "closed");
+    assert_eq!(closed["code"], 4001, "python: {closed}");
+    assert_eq!(closed["reason"], "token expired", "python: {closed}");
+    let up = server.wait_event("close", |c| {
+        c["url"].as_str().is_some_and(|u| u.starts_with("/exp"))
+    });
+    assert_eq!(
+        (up["code"].clone(), up["reason"].clone()),
+        (json!(4001), json!("token expired")),
+        "backend: {up}"
+    );
+
+    // Node: a 101-byte message on a 100-byte route closes with 1009; the backend never got it.
+    let node_big = Proc::spawn(
+        "node_big",
+        node("session_client.js", &[&gate.ws("/big/2"), "big", "101"]),
+        logs.path(),
+    );
+    let closed = node_big.wait_json("close", Duration::from_secs(30), |v| v["event"] == "closed");
+    assert_eq!(
+        (closed["code"].clone(), closed["reason"].clone()),
+        (json!(1009), json!("message too big")),
+        "node: {closed}"
+    );
+    let up = server.wait_event("close", |c| c["url"] == "/big/2");
+    assert_eq!(up["code"], 1009, "backend: {up}");
+
+    // Drain: Node and Chromium both open, then SIGTERM; after drain_timeout (1 s) both get
+    // 1001 "going away", cleanly.
+    let node_wait = Proc::spawn(
+        "node_drain",
+        node("session_client.js", &[&gate.ws("/drain/node"), "wait"]),
+        logs.path(),
+    );
+    node_wait.wait_json("open", Duration::from_secs(30), |v| v["event"] == "open");
+    need(Path::new("/usr/bin/chromium"));
+    let profile = tempfile::tempdir().unwrap();
+    let chromium = Proc::spawn(
+        "chromium_drain",
+        node(
+            "browser_close.js",
+            &[
+                &profile.path().display().to_string(),
+                &format!("http://{}/page/index.html", gate.addr),
+                &gate.ws("/page/ws"),
+            ],
+        ),
+        logs.path(),
+    );
+    chromium.wait_json("open", Duration::from_secs(60), |v| v["event"] == "open");
+    let pid = gate._proc.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let closed = node_wait.wait_json("close", Duration::from_secs(30), |v| v["event"] == "closed");
+    assert_eq!(
+        (closed["code"].clone(), closed["reason"].clone()),
+        (json!(1001), json!("going away")),
+        "node: {closed}"
+    );
+    let closed = chromium.wait_json("close", Duration::from_secs(30), |v| v["event"] == "closed");
+    assert_eq!(closed["closeCode"], 1001, "chromium: {closed}");
+    assert_eq!(closed["reason"], "going away", "chromium: {closed}");
+    assert_eq!(closed["wasClean"], true, "chromium: {closed}");
+    let up = server.wait_event("close", |c| c["url"] == "/drain/node");
+    assert_eq!(
+        (up["code"].clone(), up["reason"].clone()),
+        (json!(1001), json!("going away")),
+        "backend: {up}"
+    );
+}
+
+/// An admin API call with a JSON body (or none) from loopback; (status, body).
+fn admin_call(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+/// The express-ws app our users run, behind the gateway: push to one user, broadcast to a
+/// route, "a new login logs the other device out" (evict_oldest, 4002) and an admin kick
+/// (4000), each seen by the Node `ws` clients and by the express-ws app's close handler.
+#[test]
+fn express_ws_push_broadcast_evict_and_kick() {
+    if !ready("express_ws_push_broadcast_evict_and_kick", []) {
+        return;
+    }
+    let logs = logs();
+    let port = free_port();
+    let app = backend(
+        "express_server",
+        node("express_server.js", &[&port.to_string()]),
+        logs.path(),
+    );
+    let gate = Gate::start(
+        &(route("/websocket", port, "jwt")
+            + "    max_connections_per_user: 1\n    on_user_limit: evict_oldest\n"),
+    );
+    let client = |name: &str, user: &str| {
+        let token = common::jwt(json!({"sub": user}));
+        let p = Proc::spawn(
+            name,
+            node(
+                "session_client.js",
+                &[
+                    &gate.ws(&format!("/websocket/test-ws?token={token}")),
+                    "wait",
+                ],
+            ),
+            logs.path(),
+        );
+        // The express-ws greeting is the first message.
+        p.wait_json("greeting", Duration::from_secs(30), |v| {
+            v["event"] == "message"
+        });
+        p
+    };
+    let alice = client("alice_phone", "alice");
+    let bob = client("bob", "bob");
+
+    let (status, body) = admin_call(
+        gate.admin,
+        "POST",
+        "/users/alice/messages",
+        r#"{"text":"notice for alice"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["sent"],
+        1,
+        "{body}"
+    );
+    alice.wait_json("pushed message", Duration::from_secs(10), |v| {
+        v["data"] == "notice for alice"
+    });
+
+    let (status, body) = admin_call(
+        gate.admin,
+        "POST",
+        "/routes/%2Fwebsocket/broadcast",
+        r#"{"text":"to everyone"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["sent"],
+        2,
+        "{body}"
+    );
+    alice.wait_json("broadcast", Duration::from_secs(10), |v| {
+        v["data"] == "to everyone"
+    });
+    bob.wait_json("broadcast", Duration::from_secs(10), |v| {
+        v["data"] == "to everyone"
+    });
+    assert!(
+        !bob.events("message")
+            .iter()
+            .any(|m| m["data"] == "notice for alice"),
+        "bob got alice's notice"
+    );
+
+    // Alice logs in on a second device: the first one is logged out.
+    let _alice_laptop = client("alice_laptop", "alice");
+    let closed = alice.wait_json("close", Duration::from_secs(10), |v| v["event"] == "closed");
+    assert_eq!(
+        (closed["code"].clone(), closed["reason"].clone()),
+        (json!(4002), json!("logged in elsewhere")),
+        "{closed}"
+    );
+    let seen = app.wait_event("close", |c| c["user"] == "alice");
+    assert_eq!(seen["code"], 4002, "express-ws saw: {seen}");
+
+    let (status, body) = admin_call(gate.admin, "DELETE", "/users/bob", "");
+    assert_eq!(status, 200, "{body}");
+    let closed = bob.wait_json("close", Duration::from_secs(10), |v| v["event"] == "closed");
+    assert_eq!(
+        (closed["code"].clone(), closed["reason"].clone()),
+        (json!(4000), json!("kicked")),
+        "{closed}"
+    );
+    let seen = app.wait_event("close", |c| c["user"] == "bob");
+    assert_eq!(
+        (seen["code"].clone(), seen["reason"].clone()),
+        (json!(4000), json!("kicked")),
+        "express-ws saw: {seen}"
+    );
+    assert_eq!(
+        gate.wait_metric(
+            "wsgate_connections_closed_total",
+            &[("route", "/websocket"), ("reason", "evicted")],
+            1.0
+        ),
+        1.0
+    );
+    assert_eq!(
+        gate.metric(
+            "wsgate_connections_closed_total",
+            &[("route", "/websocket"), ("reason", "kicked")]
+        ),
+        1.0
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // 6. Prometheus
 // ---------------------------------------------------------------------------------------------
 

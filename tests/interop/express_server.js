@@ -19,6 +19,7 @@ const echo = (where) => (ws, req) => {
   ws.send(JSON.stringify(s));
   // express-ws 5 bundles ws 7: text arrives as a string, binary as a Buffer (no isBinary).
   ws.on('message', (data) => ws.send(data, { binary: typeof data !== 'string' }));
+  ws.on('close', (code, reason) => out({ event: 'close', where, path: req.path, user: s.user, code, reason: String(reason) }));
 };
 app.ws('/test-ws', echo('app'));
 app.get('/test-ws/health', (req, res) => res.json(Object.assign({ ok: true }, seen('app-http', req))));
