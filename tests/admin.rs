@@ -744,6 +744,7 @@ fn alert_rules_pass_promtool_check() {
         "wsgate_handshakes_total",
         "wsgate_client_connections_open",
         "wsgate_connections_max",
+        "wsgate_events_dropped_total",
     ] {
         assert!(text.contains(name), "alerts.yml does not use {name}");
     }
