@@ -557,3 +557,31 @@ async fn a_reload_brings_webhooks_to_new_connections() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test]
+async fn the_drains_disconnects_reach_the_webhook_before_exit() {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let up = echo_upstream().await;
+        let (hook, mut rx, _) = receiver(200).await;
+        let routes = format!(
+            "  - path: /ws\n    upstream: ws://{}\n    events:\n      webhook: http://{hook}/\n",
+            up.addr
+        );
+        let extra = "shutdown:\n  drain_timeout: 100ms\n";
+        let mut gate = start_gate(Files::new(), &gate_yaml(&routes, extra)).await;
+        let (ws, _) = ws_connect(&gate.ws_url("/ws"), &[]).await.unwrap();
+        assert_eq!(next_delivery(&mut rx).await.body["event"], "connected");
+        gate.shutdown();
+        (&mut gate.task).await.unwrap();
+        let d = rx
+            .try_recv()
+            .expect("run() returned before the last event was delivered");
+        assert_eq!(
+            (d.body["event"].as_str(), d.body["reason"].as_str()),
+            (Some("disconnected"), Some("shutdown"))
+        );
+        drop(ws);
+    })
+    .await
+    .expect("test timed out");
+}
