@@ -585,3 +585,41 @@ async fn the_drains_disconnects_reach_the_webhook_before_exit() {
     .await
     .expect("test timed out");
 }
+
+#[test]
+fn a_cleartext_webhook_off_this_host_is_warned_about() {
+    let load = |url: &str| {
+        let yaml = gate_yaml(
+            &format!(
+                "  - path: /ws\n    upstream: ws://127.0.0.1:1\n    events:\n      webhook: \"{url}\"\n"
+            ),
+            "",
+        );
+        let c = wsgate::config::parse_str(
+            &yaml,
+            std::path::Path::new("t.yaml"),
+            std::path::Path::new("."),
+            &|_| None,
+        )
+        .unwrap();
+        wsgate::config::warnings(&c)
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    let w = load("http://hooks.example/in?key=s3cret");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("routes[0].events.webhook: "), "{w:?}");
+    assert!(
+        !w[0].contains("s3cret"),
+        "the warning shows the secret: {w:?}"
+    );
+    for quiet in [
+        "https://hooks.example/in",
+        "http://127.0.0.1:8000/",
+        "http://localhost/",
+        "http://[::1]/",
+    ] {
+        assert!(load(quiet).is_empty(), "{quiet}: {:?}", load(quiet));
+    }
+}

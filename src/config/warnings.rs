@@ -25,6 +25,28 @@ pub fn warnings(config: &Config) -> Vec<ConfigError> {
                 ),
             ));
         }
+        if let Some(hook) = route.events.as_ref().map(|e| &e.webhook)
+            && !hook.tls
+            && !is_this_host(&hook.host)
+        {
+            // Who is online, from where, is personal data; the URL may also carry the
+            // receiver's secret. (The URL itself is not echoed for that reason.)
+            out.push(ConfigError::new(
+                format!("routes[{i}].events.webhook"),
+                format!(
+                    "route {}'s events go to {} over plain http://: who connects, from which                      address, and the URL's secret travel in cleartext; use https:// unless the                      receiver is on this host",
+                    route.path, hook.authority
+                ),
+            ));
+        }
     }
     out
+}
+
+/// Loopback by name or address: a cleartext hop that never leaves the machine.
+fn is_this_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
