@@ -79,7 +79,7 @@ pub async fn serve(
                 let runtime = state.load_full();
                 async move {
                     Ok::<_, std::convert::Infallible>(
-                        respond(&req, &shared, &runtime, peer, reload).await,
+                        respond(req, &shared, &runtime, peer, reload).await,
                     )
                 }
             });
@@ -97,12 +97,15 @@ pub async fn serve(
 }
 
 async fn respond(
-    req: &Request<Incoming>,
+    req: Request<Incoming>,
     shared: &Shared,
     runtime: &Runtime,
     peer: SocketAddr,
     reload: Option<ReloadTarget>,
 ) -> Response<ProxyBody> {
+    if crate::admin_api::is_api_path(req.uri().path()) {
+        return crate::admin_api::respond(req, shared, runtime, peer).await;
+    }
     if req.uri().path() == "/reload" {
         if req.method() != Method::POST {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n");
@@ -166,7 +169,8 @@ impl MutationRefusal {
         }
     }
 
-    fn into_response(self) -> Response<ProxyBody> {
+    /// The refusal on the wire (401 with a Bearer challenge, or 403).
+    pub fn into_response(self) -> Response<ProxyBody> {
         match self {
             MutationRefusal::BadToken => {
                 let mut resp = text(
@@ -234,6 +238,20 @@ fn presents_token(headers: &HeaderMap, token: &str) -> bool {
     };
     scheme.eq_ignore_ascii_case("bearer")
         && bool::from(presented.trim().as_bytes().ct_eq(token.as_bytes()))
+}
+
+/// The rule for admin reads (`GET /connections`, `/users`, `/events`): open to anyone who
+/// reaches the listener with `admin.public_reads: true`, else the rule of [`guard_mutation`]
+/// (they list users and addresses, and a rebound page must not read them either).
+pub fn guard_read(
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    admin: Option<&crate::config::AdminConfig>,
+) -> Result<(), MutationRefusal> {
+    match admin {
+        Some(a) if a.public_reads => Ok(()),
+        _ => guard_mutation(headers, peer, admin.and_then(|a| a.token.as_deref())),
+    }
 }
 
 /// An IP literal (with or without port, IPv6 in brackets) or `localhost`.

@@ -7,7 +7,9 @@
 //!   limits)                                   drain)         refusals via                            101 check)             registry entry)
 //!                                                            proxy::response)
 //!  side channels: metrics (handles), admin (/metrics /healthz /readyz, POST /reload), tracing logs,
-//!                 registry (open tunnels: idle sweeper, drain deadline, future admin API),
+//!                 registry (open tunnels: idle sweeper, drain deadline, admin API),
+//!                 users (authenticated connections per route and user: per-user limits),
+//!                 admin_api (GET /connections /users, kick, push, broadcast),
 //!                 frames (WebSocket frame boundaries seen by the splice; builds injected frames)
 //!  leaves: config (YAML → typed), runtime (typed → loaded state, swapped on reload), forwarded
 //!          (client address, X-Forwarded-For, Forwarded), headers (underscore twins, Host,
@@ -27,6 +29,7 @@
 )]
 
 pub mod admin;
+pub mod admin_api;
 pub mod auth;
 pub mod balance;
 pub mod config;
@@ -48,6 +51,7 @@ pub mod runtime;
 pub mod splice;
 pub mod tls;
 pub mod upstream;
+pub mod users;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -166,6 +170,7 @@ impl Gateway {
             tracker: TaskTracker::new(),
             draining: CancellationToken::new(),
             registry: registry::Registry::new(),
+            users: users::Users::new(),
             limits: limits::Limits::new(),
             connections: Arc::new(Semaphore::new(runtime.config.limits.max_connections)),
             pending: Arc::new(Semaphore::new(runtime.config.limits.max_pending_handshakes)),

@@ -39,6 +39,9 @@ pub const CONNECTIONS_MAX: &str = "wsgate_connections_max";
 /// (handshakes in progress and keep-alive HTTP connections as well as spliced tunnels).
 pub const CLIENT_CONNECTIONS_OPEN: &str = "wsgate_client_connections_open";
 
+/// Distinct authenticated users with at least one open connection, per route.
+pub const USERS_ONLINE: &str = "wsgate_users_online";
+
 /// The `route` label used when no route matched.
 pub const NO_ROUTE: &str = "unmatched";
 
@@ -116,6 +119,7 @@ pub struct Metrics {
     tls_certificate_expiry: IntGaugeVec,
     connections_max: IntGauge,
     client_connections_open: IntGauge,
+    users_online: IntGaugeVec,
     /// Listener → subject of its exported expiry series, to drop the series a renewed
     /// certificate with another subject leaves behind.
     cert_subjects: Arc<Mutex<HashMap<String, String>>>,
@@ -140,6 +144,9 @@ pub struct RouteMetrics {
     pub handshake_duration: prometheus::Histogram,
     /// `wsgate_connection_duration_seconds{route}`.
     pub connection_duration: prometheus::Histogram,
+    /// `wsgate_users_online{route}` (kept exact by `users::Users`); only exported for
+    /// authenticated routes.
+    pub users_online: IntGauge,
     metrics: Metrics,
 }
 
@@ -225,6 +232,14 @@ impl Metrics {
             "Accepted client connections not yet closed (each holds a max_connections slot).",
         )?;
         registry.register(Box::new(client_connections_open.clone()))?;
+        let users_online = IntGaugeVec::new(
+            Opts::new(
+                USERS_ONLINE,
+                "Distinct authenticated users with an open WebSocket connection.",
+            ),
+            &["route"],
+        )?;
+        registry.register(Box::new(users_online.clone()))?;
         registry.register(Box::new(config_reloads_total.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
@@ -253,6 +268,7 @@ impl Metrics {
             tls_certificate_expiry,
             connections_max,
             client_connections_open,
+            users_online,
             cert_subjects: Arc::default(),
         })
     }
@@ -301,6 +317,13 @@ impl Metrics {
                 self.auth_failures_total.with_label_values(&[route, reason]);
             }
         }
+        // Open routes have no users: their gauge is a detached handle nobody exports.
+        let users_online = if authenticated {
+            self.users_online.with_label_values(&[route])
+        } else {
+            IntGauge::new(USERS_ONLINE, "unexported")
+                .unwrap_or_else(|_| self.users_online.with_label_values(&[route]))
+        };
         RouteMetrics {
             route: route.to_owned(),
             active: self.connections_active.with_label_values(&[route]),
@@ -316,6 +339,7 @@ impl Metrics {
                 .with_label_values(&[route, "upstream_to_client"]),
             handshake_duration: self.handshake_duration.with_label_values(&[route]),
             connection_duration: self.connection_duration.with_label_values(&[route]),
+            users_online,
             metrics: self.clone(),
         }
     }

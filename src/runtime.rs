@@ -27,6 +27,8 @@ pub struct Route {
     pub auth: RouteAuth,
     /// Pre-resolved metric handles.
     pub metrics: RouteMetrics,
+    /// `max_connections_per_user` and `on_user_limit` (`None` = unlimited).
+    pub user_limit: Option<crate::users::UserLimit>,
 }
 
 /// Everything a connection needs, immutable once built.
@@ -148,6 +150,12 @@ pub fn build_with(
             origins: r.origins.clone(),
             metrics: metrics.route(&r.path, !auths.is_empty()),
             auth: RouteAuth::new(auths),
+            user_limit: r
+                .max_connections_per_user
+                .map(|max| crate::users::UserLimit {
+                    max,
+                    on_limit: r.on_user_limit,
+                }),
         };
         routes.push((r.path.clone(), Arc::new(route)));
     }

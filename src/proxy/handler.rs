@@ -230,6 +230,20 @@ impl Handler {
                 Err(failure) => return (label, Err(auth_refusal(&route, failure))),
             }
         };
+        // Reserved before the upstream is contacted, under the user's lock: of two logins at
+        // once only as many as the limit allows get this far.
+        let user_slot = match (&admission, upgrade) {
+            (Some(a), true) => match self.shared.users.reserve(
+                &route.path,
+                &a.identity.user,
+                route.user_limit,
+                route.metrics.users_online.clone(),
+            ) {
+                Ok(slot) => Some(slot),
+                Err(crate::users::OverLimit) => return (label, Err(Refusal::UserLimit)),
+            },
+            _ => None,
+        };
         let result = if upgrade {
             let client_upgrade = hyper::upgrade::on(&mut req);
             self.forward_upgrade(
@@ -240,7 +254,7 @@ impl Handler {
                 admission,
                 client_ip,
                 started,
-                tunnel_slot,
+                (tunnel_slot, user_slot),
             )
             .await
         } else {
@@ -260,7 +274,7 @@ impl Handler {
         admission: Option<Admission>,
         client_ip: IpAddr,
         started: Instant,
-        tunnel_slot: Option<IpSlot>,
+        (tunnel_slot, user_slot): (Option<IpSlot>, Option<crate::users::UserSlot>),
     ) -> Result<Response<ProxyBody>, Refusal> {
         let (parts, _body) = req.into_parts();
         let up_req = self.upstream_request(
@@ -344,6 +358,9 @@ impl Handler {
                 client_ip,
             ));
             let _listed = registry.insert(info.clone());
+            if let Some(slot) = &user_slot {
+                slot.attach(&info);
+            }
             let (c, u) = (splice::Side::client(c), splice::Side::upstream(u));
             let report = splice::splice(c, u, &route.metrics, info.clone()).await;
             tracing::info!(

@@ -25,6 +25,8 @@ pub struct Shared {
     pub draining: CancellationToken,
     /// Every open tunnel (the drain deadline and the idle sweeper stop them through it).
     pub registry: Arc<Registry>,
+    /// Authenticated connections per (route, user): per-user limits, `GET /users`, kicks.
+    pub users: Arc<crate::users::Users>,
     /// Per-client-IP connection counts and handshake buckets.
     pub limits: Arc<Limits>,
     /// Open client connections (`limits.max_connections`).
