@@ -353,6 +353,14 @@ impl FrameTracker {
         }
     }
 
+    /// A tracker that follows nothing (tracking off for the route): it reports no events,
+    /// is never at a frame boundary, and so never lets a frame be injected.
+    pub fn off(dir: Direction) -> Self {
+        let mut t = FrameTracker::new(dir, false);
+        t.flags |= UNTRACKABLE;
+        t
+    }
+
     /// The direction given to [`new`](FrameTracker::new).
     pub fn direction(&self) -> Direction {
         if self.flags & CLIENT != 0 {

@@ -33,6 +33,7 @@ pub mod admin_api;
 pub mod auth;
 pub mod balance;
 pub mod config;
+pub mod deadlines;
 pub mod drain;
 pub mod forwarded;
 pub mod frames;
@@ -171,6 +172,7 @@ impl Gateway {
             draining: CancellationToken::new(),
             registry: registry::Registry::new(),
             users: users::Users::new(),
+            deadlines: Arc::new(deadlines::Deadlines::new()),
             limits: limits::Limits::new(),
             connections: Arc::new(Semaphore::new(runtime.config.limits.max_connections)),
             pending: Arc::new(Semaphore::new(runtime.config.limits.max_pending_handshakes)),
@@ -248,6 +250,12 @@ impl Gateway {
             self.state.clone(),
             self.shared.registry.clone(),
         ));
+        let deadline_task = tokio::spawn(
+            self.shared
+                .deadlines
+                .clone()
+                .run(self.shared.registry.clone()),
+        );
         let pruner = tokio::spawn(prune_rate_buckets(
             self.state.clone(),
             self.shared.limits.clone(),
@@ -263,6 +271,7 @@ impl Gateway {
         }
         drain::drain(&self.shared.tracker, &self.shared.registry, deadline).await;
         sweeper.abort();
+        deadline_task.abort();
         pruner.abort();
         admin_stop.cancel();
         if let Some(t) = admin_task {
@@ -276,18 +285,36 @@ impl Gateway {
 /// One task for all tunnels instead of a timer in each keeps idle tunnels small.
 async fn sweep_idle_tunnels(state: Arc<ArcSwap<Runtime>>, registry: Arc<registry::Registry>) {
     loop {
-        let idle = state.load().config.timeouts.tunnel_idle;
-        // Four looks per period: a tunnel is closed between 1 and 1.25 periods idle.
-        let tick = if idle.is_zero() {
-            Duration::from_secs(1)
-        } else {
-            (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
+        let (idle, ping) = {
+            let s = state.load();
+            let ping = s
+                .config
+                .routes
+                .iter()
+                .filter_map(|r| r.ping_interval.map(|i| i.min(r.ping_timeout)))
+                .min();
+            (s.config.timeouts.tunnel_idle, ping)
         };
+        // Four looks per period: a tunnel is closed between 1 and 1.25 periods idle, and a
+        // keepalive ping goes out (or times out) within a quarter period of its time.
+        let period = match (idle.is_zero(), ping) {
+            (true, None) => Duration::from_secs(4),
+            (true, Some(p)) => p,
+            (false, None) => idle,
+            (false, Some(p)) => idle.min(p),
+        };
+        let tick = (period / 4).clamp(Duration::from_millis(10), Duration::from_secs(60));
         tokio::time::sleep(tick).await;
         if !idle.is_zero() {
             let n = registry.sweep_idle(idle);
             if n > 0 {
                 tracing::debug!(tunnels = n, "closing idle tunnels");
+            }
+        }
+        if ping.is_some() {
+            let n = registry.sweep_keepalive();
+            if n > 0 {
+                tracing::debug!(tunnels = n, "closing tunnels that did not answer a ping");
             }
         }
     }

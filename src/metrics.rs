@@ -41,6 +41,12 @@ pub const CLIENT_CONNECTIONS_OPEN: &str = "wsgate_client_connections_open";
 
 /// Distinct authenticated users with at least one open connection, per route.
 pub const USERS_ONLINE: &str = "wsgate_users_online";
+/// Tunnels ended, per route and reason (`CloseReason` values).
+pub const CONNECTIONS_CLOSED_TOTAL: &str = "wsgate_connections_closed_total";
+/// Whole WebSocket data messages spliced (from the frame tracker), per route and direction.
+pub const MESSAGES_TOTAL: &str = "wsgate_messages_total";
+/// Tunnels whose framing could not be followed (spliced on as bytes), per route and reason.
+pub const FRAMES_UNTRACKABLE_TOTAL: &str = "wsgate_frames_untrackable_total";
 
 /// The `route` label used when no route matched.
 pub const NO_ROUTE: &str = "unmatched";
@@ -120,6 +126,9 @@ pub struct Metrics {
     connections_max: IntGauge,
     client_connections_open: IntGauge,
     users_online: IntGaugeVec,
+    connections_closed_total: IntCounterVec,
+    messages_total: IntCounterVec,
+    frames_untrackable_total: IntCounterVec,
     /// Listener → subject of its exported expiry series, to drop the series a renewed
     /// certificate with another subject leaves behind.
     cert_subjects: Arc<Mutex<HashMap<String, String>>>,
@@ -147,6 +156,12 @@ pub struct RouteMetrics {
     /// `wsgate_users_online{route}` (kept exact by `users::Users`); only exported for
     /// authenticated routes.
     pub users_online: IntGauge,
+    /// `wsgate_connections_closed_total{route,reason}`, in `CloseReason::ALL` order.
+    pub closed: Arc<[IntCounter]>,
+    /// `wsgate_messages_total{route,direction="client_to_upstream"}`.
+    pub messages_c2u: IntCounter,
+    /// `wsgate_messages_total{route,direction="upstream_to_client"}`.
+    pub messages_u2c: IntCounter,
     metrics: Metrics,
 }
 
@@ -240,6 +255,24 @@ impl Metrics {
             &["route"],
         )?;
         registry.register(Box::new(users_online.clone()))?;
+        let connections_closed_total = IntCounterVec::new(
+            Opts::new(CONNECTIONS_CLOSED_TOTAL, "Tunnels ended, by reason."),
+            &["route", "reason"],
+        )?;
+        let messages_total = IntCounterVec::new(
+            Opts::new(MESSAGES_TOTAL, "Whole WebSocket data messages spliced."),
+            &["route", "direction"],
+        )?;
+        let frames_untrackable_total = IntCounterVec::new(
+            Opts::new(
+                FRAMES_UNTRACKABLE_TOTAL,
+                "Tunnels whose WebSocket framing could not be followed (spliced on as bytes).",
+            ),
+            &["route", "reason"],
+        )?;
+        registry.register(Box::new(connections_closed_total.clone()))?;
+        registry.register(Box::new(messages_total.clone()))?;
+        registry.register(Box::new(frames_untrackable_total.clone()))?;
         registry.register(Box::new(config_reloads_total.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
@@ -269,6 +302,9 @@ impl Metrics {
             connections_max,
             client_connections_open,
             users_online,
+            connections_closed_total,
+            messages_total,
+            frames_untrackable_total,
             cert_subjects: Arc::default(),
         })
     }
@@ -340,8 +376,28 @@ impl Metrics {
             handshake_duration: self.handshake_duration.with_label_values(&[route]),
             connection_duration: self.connection_duration.with_label_values(&[route]),
             users_online,
+            closed: crate::registry::CloseReason::ALL
+                .iter()
+                .map(|r| {
+                    self.connections_closed_total
+                        .with_label_values(&[route, r.as_str()])
+                })
+                .collect(),
+            messages_c2u: self
+                .messages_total
+                .with_label_values(&[route, "client_to_upstream"]),
+            messages_u2c: self
+                .messages_total
+                .with_label_values(&[route, "upstream_to_client"]),
             metrics: self.clone(),
         }
+    }
+
+    /// Counts a tunnel whose framing was lost, by the tracker's violation.
+    pub fn untrackable(&self, route: &str, reason: &str) {
+        self.frames_untrackable_total
+            .with_label_values(&[route, reason])
+            .inc();
     }
 
     /// Counts a handshake outcome for a route label (or [`NO_ROUTE`]).
@@ -388,6 +444,22 @@ impl Drop for OpenConnection {
 }
 
 impl RouteMetrics {
+    /// Counts a tunnel's end.
+    pub fn closed(&self, reason: crate::registry::CloseReason) {
+        if let Some(i) = crate::registry::CloseReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            && let Some(c) = self.closed.get(i)
+        {
+            c.inc();
+        }
+    }
+
+    /// Counts a tunnel whose framing was lost.
+    pub fn untrackable(&self, reason: &str) {
+        self.metrics.untrackable(&self.route, reason);
+    }
+
     /// Counts a handshake outcome on this route.
     pub fn handshake(&self, outcome: Outcome) {
         self.metrics.handshake(&self.route, outcome);

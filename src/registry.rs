@@ -171,6 +171,18 @@ struct Mailbox {
 
 const FLAG_TRACKED: u8 = 1;
 const FLAG_MAIL: u8 = 2;
+const FLAG_PING: u8 = 4;
+
+/// Keepalive state of a tunnel on a route with `ping_interval` (registry milliseconds).
+#[derive(Debug)]
+struct Keepalive {
+    interval_ms: u64,
+    timeout_ms: u64,
+    /// When the last ping was asked for.
+    last_ping_ms: AtomicU64,
+    /// When the unanswered ping was asked for; 0 = none outstanding.
+    outstanding_ms: AtomicU64,
+}
 
 /// One open tunnel as the rest of the gateway sees it.
 #[derive(Debug)]
@@ -192,6 +204,7 @@ pub struct TunnelInfo {
     stop: AtomicU8,
     flags: AtomicU8,
     mailbox: Mutex<Option<Box<Mailbox>>>,
+    keepalive: Option<Box<Keepalive>>,
     waker: AtomicWaker,
     // Owned by the sweeper: the total it last saw, and since when (registry ms) it's unchanged.
     seen_total: AtomicU64,
@@ -212,9 +225,36 @@ impl TunnelInfo {
             stop: AtomicU8::new(0),
             flags: AtomicU8::new(0),
             mailbox: Mutex::new(None),
+            keepalive: None,
             waker: AtomicWaker::new(),
             seen_total: AtomicU64::new(0),
             quiet_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Has the gateway ping the client every `interval` and close it (idle) when a ping
+    /// is unanswered after `timeout`.
+    pub fn with_keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.keepalive = Some(Box::new(Keepalive {
+            interval_ms: ms(interval),
+            timeout_ms: ms(timeout),
+            last_ping_ms: AtomicU64::new(0),
+            outstanding_ms: AtomicU64::new(0),
+        }));
+        self
+    }
+
+    /// Takes a pending request to send a keepalive ping.
+    pub fn take_ping_request(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & FLAG_PING != 0
+            && self.flags.fetch_and(!FLAG_PING, Ordering::AcqRel) & FLAG_PING != 0
+    }
+
+    /// The client answered the gateway's ping.
+    pub fn pong_received(&self) {
+        if let Some(k) = &self.keepalive {
+            k.outstanding_ms.store(0, Ordering::Release);
         }
     }
 
@@ -370,7 +410,12 @@ impl Registry {
 
     /// Lists `info` until the returned guard drops.
     pub fn insert(self: &Arc<Self>, info: Arc<TunnelInfo>) -> Registered {
-        info.quiet_since_ms.store(self.now_ms(), Ordering::Relaxed);
+        let now = self.now_ms();
+        info.quiet_since_ms.store(now, Ordering::Relaxed);
+        if let Some(k) = &info.keepalive {
+            // The first ping is due one interval after the tunnel opened.
+            k.last_ping_ms.store(now, Ordering::Relaxed);
+        }
         let id = info.id;
         self.shard(id).insert(id, info);
         Registered {
@@ -403,6 +448,46 @@ impl Registry {
         }
     }
 
+    /// The open tunnel with this id.
+    pub fn get(&self, id: u64) -> Option<Arc<TunnelInfo>> {
+        self.shard(id).get(&id).cloned()
+    }
+
+    /// Asks keepalive tunnels for a ping when their interval has passed, and stops (idle)
+    /// those whose ping went unanswered for their timeout; returns how many were stopped.
+    pub fn sweep_keepalive(&self) -> usize {
+        let now = self.now_ms().max(1);
+        let mut stopped = 0;
+        for shard in &self.shards {
+            let tunnels: Vec<Arc<TunnelInfo>> = shard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|t| t.keepalive.is_some())
+                .cloned()
+                .collect();
+            for t in tunnels {
+                let Some(k) = &t.keepalive else { continue };
+                let outstanding = k.outstanding_ms.load(Ordering::Acquire);
+                if outstanding != 0 {
+                    if now.saturating_sub(outstanding) >= k.timeout_ms {
+                        t.stop(StopReason::Idle);
+                        stopped += 1;
+                    }
+                    continue;
+                }
+                let last = k.last_ping_ms.load(Ordering::Relaxed);
+                if now.saturating_sub(last) >= k.interval_ms && t.is_tracked() {
+                    k.last_ping_ms.store(now, Ordering::Relaxed);
+                    k.outstanding_ms.store(now, Ordering::Release);
+                    t.flags.fetch_or(FLAG_PING, Ordering::AcqRel);
+                    t.waker.wake();
+                }
+            }
+        }
+        stopped
+    }
+
     /// Stops tunnels that moved no byte for `idle`; returns how many.
     pub fn sweep_idle(&self, idle: Duration) -> usize {
         let now = self.now_ms();
@@ -422,14 +507,9 @@ impl Registry {
     }
 }
 
-/// Lookups for the admin API (issue 10): by id, and one shard at a time so a listing never
+/// Lookups for the admin API (issue 10): one shard at a time, so a listing never
 /// holds a lock for more than the copy of one shard's handles.
 impl Registry {
-    /// The open tunnel with this id.
-    pub fn get(&self, id: u64) -> Option<Arc<TunnelInfo>> {
-        self.shard(id).get(&id).cloned()
-    }
-
     /// How many shards [`shard_snapshot`](Self::shard_snapshot) walks.
     pub fn shard_count(&self) -> usize {
         SHARDS

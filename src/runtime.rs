@@ -29,6 +29,14 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// `max_connections_per_user` and `on_user_limit` (`None` = unlimited).
     pub user_limit: Option<crate::users::UserLimit>,
+    /// What the splice needs (frame tracking, limits, close codes).
+    pub session: crate::splice::SessionOptions,
+    /// Keepalive `(ping_interval, ping_timeout)`, when pings are on.
+    pub keepalive: Option<(std::time::Duration, std::time::Duration)>,
+    /// `max_lifetime`.
+    pub max_lifetime: Option<std::time::Duration>,
+    /// `expiry_grace`.
+    pub expiry_grace: std::time::Duration,
 }
 
 /// Everything a connection needs, immutable once built.
@@ -156,6 +164,15 @@ pub fn build_with(
                     max,
                     on_limit: r.on_user_limit,
                 }),
+            session: crate::splice::SessionOptions {
+                track: r.track_frames,
+                max_message: r.max_message_bytes.unwrap_or(crate::frames::NO_LIMIT),
+                close_wait: config.shutdown.close_wait,
+                codes: config.close_codes.clone(),
+            },
+            keepalive: r.ping_interval.map(|i| (i, r.ping_timeout)),
+            max_lifetime: r.max_lifetime,
+            expiry_grace: r.expiry_grace,
         };
         routes.push((r.path.clone(), Arc::new(route)));
     }

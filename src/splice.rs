@@ -6,9 +6,16 @@
 //! An idle tunnel therefore costs only its sockets and a few words of state.
 //! A half-close (EOF one way) is forwarded as a write shutdown while the other way keeps
 //! flowing. Byte counts are kept in a local and published to the shared counters in
-//! batches. The per-direction step is where frame tracking (close codes, size limits) will
-//! hook in.
+//! batches.
+//!
+//! With frame tracking on (the route's `track_frames`), each direction feeds what it reads
+//! to a [`FrameTracker`] that follows frame boundaries without copying payloads. That is
+//! what lets the gateway put its own frames into the stream (close frames with codes,
+//! keepalive pings, pushed messages) only where a frame ends, drop the pongs that answer its
+//! pings, enforce `max_message_bytes`, count messages, and tell who sent the first close
+//! frame. Bytes of the peers' frames are never rewritten.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
 use std::io;
@@ -21,8 +28,10 @@ use std::time::Duration;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
+use crate::config::CloseCodes;
+use crate::frames::{self, ControlFrame, Event, FrameTracker, OpCode, Violation};
 use crate::metrics::RouteMetrics;
 use crate::registry::{CloseReason, StopReason, TunnelInfo};
 use crate::upstream::UpstreamStream;
@@ -42,15 +51,58 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
 }
 
-/// Who ended the tunnel.
+/// What the splice needs from the route's configuration.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Follow frame boundaries (`track_frames`).
+    pub track: bool,
+    /// `max_message_bytes`, or [`frames::NO_LIMIT`].
+    pub max_message: u64,
+    /// How long a gateway-initiated close waits for the peers' close frames.
+    pub close_wait: Duration,
+    /// The close code for each reason the gateway ends a tunnel.
+    pub codes: CloseCodes,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            track: true,
+            max_message: frames::NO_LIMIT,
+            close_wait: Duration::from_secs(1),
+            codes: CloseCodes::default(),
+        }
+    }
+}
+
+impl SessionOptions {
+    /// The close code and reason for a stop, honouring the configured codes.
+    fn close_for(&self, reason: StopReason) -> (u16, &'static str) {
+        let (_, text) = reason.close_frame();
+        let c = &self.codes;
+        let code = match reason {
+            StopReason::Idle => c.idle,
+            StopReason::Shutdown => c.shutdown,
+            StopReason::Kicked => c.kicked,
+            StopReason::Evicted => c.evicted,
+            StopReason::Expired => c.expired,
+            StopReason::Lifetime => c.lifetime,
+        };
+        (code, text)
+    }
+}
+
+/// How a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
-    /// Both directions reached EOF (a clean close).
+    /// Both directions reached EOF (a clean close), or a peer's close frame was answered.
     Closed,
     /// An I/O error on either side.
     Error,
     /// The gateway stopped it (idle, drain deadline, kick, expiry...).
     Stopped(StopReason),
+    /// A message exceeded `max_message_bytes`.
+    TooBig,
 }
 
 /// What a finished tunnel reports for logs.
@@ -71,11 +123,11 @@ pub struct SpliceReport {
 /// Which side ended a tunnel first (for the access log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClosedBy {
-    /// The client closed (or failed) first.
+    /// The client sent the first close frame (or, untracked, closed or failed first).
     Client,
-    /// The upstream closed (or failed) first.
+    /// The upstream did.
     Upstream,
-    /// The gateway closed it (idle timeout, drain deadline).
+    /// The gateway closed it (idle timeout, drain deadline, kick...).
     Gateway,
 }
 
@@ -103,12 +155,15 @@ impl Drop for ActiveGuard<'_> {
 }
 
 /// Copies both ways until both directions end, an error occurs, or the registry asks
-/// the tunnel to stop (idle timeout, drain deadline) through `info`.
+/// the tunnel to stop (idle timeout, drain deadline, kick...) through `info`. `deflate`
+/// says whether the handshake negotiated permessage-deflate.
 pub async fn splice<C, U>(
     client: C,
     upstream: U,
     metrics: &RouteMetrics,
     info: Arc<TunnelInfo>,
+    opts: &SessionOptions,
+    deflate: bool,
 ) -> SpliceReport
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -116,40 +171,84 @@ where
 {
     metrics.active.inc();
     let _guard = ActiveGuard(metrics, Instant::now());
+    let tracker = |dir| {
+        if opts.track {
+            FrameTracker::new(dir, deflate)
+        } else {
+            FrameTracker::off(dir)
+        }
+    };
+    info.set_tracked(opts.track);
     let mut tunnel = Tunnel {
         client,
         upstream,
-        c2u: Direction::new(metrics.bytes_c2u.clone(), true),
-        u2c: Direction::new(metrics.bytes_u2c.clone(), false),
+        c2u: Direction::new(
+            metrics.bytes_c2u.clone(),
+            metrics.messages_c2u.clone(),
+            tracker(frames::Direction::ClientToServer),
+        ),
+        u2c: Direction::new(
+            metrics.bytes_u2c.clone(),
+            metrics.messages_u2c.clone(),
+            tracker(frames::Direction::ServerToClient),
+        ),
         info,
+        opts,
         first: None,
+        first_close: None,
+        aux: None,
     };
     let ended = (&mut tunnel).await;
+    tunnel.info.set_tracked(false);
     tunnel.c2u.publish();
     tunnel.u2c.publish();
-    if ended != Ended::Closed {
-        // Best effort and bounded: tell both peers we are done rather than leaving them
-        // to time out. Boxed: it runs once at the end, so its timer needn't live inline in
-        // every idle tunnel's future.
+    for (dir, lost) in [(&tunnel.c2u, "client"), (&tunnel.u2c, "upstream")] {
+        if let Some(v) = dir.lost {
+            metrics.untrackable(v.as_str());
+            tracing::info!(
+                route = %metrics.route,
+                id = tunnel.info.id,
+                from = lost,
+                violation = v.as_str(),
+                "stopped following WebSocket frames; the tunnel goes on as a byte pipe"
+            );
+        }
+    }
+    if ended != Ended::Closed || !(tunnel.c2u.finished_writing() && tunnel.u2c.finished_writing()) {
+        // Best effort and bounded: deliver what is still queued (a close frame, often),
+        // then tell both peers we are done rather than leaving them to time out. Boxed: it
+        // runs once at the end, so its timer needn't live inline in every idle tunnel's
+        // future.
         let Tunnel {
-            client, upstream, ..
+            client,
+            upstream,
+            c2u,
+            u2c,
+            ..
         } = &mut tunnel;
         let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = poll_fn(|cx| u2c.flush_pending(cx, &mut *client)).await;
+            let _ = poll_fn(|cx| c2u.flush_pending(cx, &mut *upstream)).await;
             let _ = poll_fn(|cx| Pin::new(&mut *client).poll_shutdown(cx)).await;
             let _ = poll_fn(|cx| Pin::new(&mut *upstream).poll_shutdown(cx)).await;
         }))
         .await;
     }
     let closed_by = match ended {
-        Ended::Stopped(_) => ClosedBy::Gateway,
-        _ => tunnel.first.unwrap_or(ClosedBy::Client),
+        Ended::Stopped(_) | Ended::TooBig => ClosedBy::Gateway,
+        _ => tunnel
+            .first_close
+            .or(tunnel.first)
+            .unwrap_or(ClosedBy::Client),
     };
     let reason = match (ended, closed_by) {
         (Ended::Stopped(r), _) => r.close_reason(),
+        (Ended::TooBig, _) => CloseReason::TooBig,
         (Ended::Error, _) => CloseReason::Error,
         (Ended::Closed, ClosedBy::Upstream) => CloseReason::Upstream,
         (Ended::Closed, _) => CloseReason::Client,
     };
+    metrics.closed(reason);
     SpliceReport {
         ended,
         client_to_upstream: tunnel.info.client_to_upstream.load(Ordering::Relaxed),
@@ -161,17 +260,117 @@ where
 
 /// The steady state of a tunnel, as a plain struct rather than an `async` block: its size
 /// is what an idle tunnel costs, so it holds only the two sides, two small direction
-/// states and the registry entry.
-struct Tunnel<C, U> {
+/// states and the registry entry. Rare state (a close in progress, frames waiting for a
+/// boundary) lives behind one pointer.
+struct Tunnel<'a, C, U> {
     client: C,
     upstream: U,
     c2u: Direction,
     u2c: Direction,
     info: Arc<TunnelInfo>,
+    opts: &'a SessionOptions,
+    /// Who hung up (or failed) first at TCP level.
     first: Option<ClosedBy>,
+    /// Who sent the first close frame.
+    first_close: Option<ClosedBy>,
+    aux: Option<Box<Aux>>,
 }
 
-impl<C, U> Future for Tunnel<C, U>
+/// What a tunnel rarely needs.
+#[derive(Default)]
+struct Aux {
+    /// Frames for the client waiting for a boundary outside a fragmented message (pushed
+    /// messages, and a keepalive ping).
+    staged: Option<Staged>,
+    /// A gateway-initiated close in progress.
+    closing: Option<Closing>,
+}
+
+struct Staged {
+    want: Want,
+    /// The payload of the ping in `bytes`, to recognise the client's pong.
+    ping: Option<[u8; frames::PING_PAYLOAD_LEN]>,
+}
+
+struct Closing {
+    ended: Ended,
+    /// Close frame for the client, until written.
+    to_client: Option<Want>,
+    /// Close frame for the upstream (masked), until written.
+    to_upstream: Option<Want>,
+    /// The client sent its close frame (answer) or its reading side ended.
+    client_done: bool,
+    upstream_done: bool,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<C, U> Tunnel<'_, C, U> {
+    /// Starts a gateway-initiated close: close frames to both peers at their next frame
+    /// boundaries, then wait (bounded) for their answers. Without tracking there is no
+    /// boundary to put a frame at: the caller closes TCP at once.
+    fn begin_close(&mut self, ended: Ended, code: u16, text: &str) -> bool {
+        let client_ok = !self.u2c.tracker.is_untrackable() && !self.u2c.finished_writing();
+        let upstream_ok = !self.c2u.tracker.is_untrackable() && !self.c2u.finished_writing();
+        if !client_ok && !upstream_ok {
+            return false;
+        }
+        let aux = self.aux.get_or_insert_with(Box::default);
+        // Pushed messages not yet sent are dropped: the client is about to be closed.
+        aux.staged = None;
+        aux.closing = Some(Closing {
+            ended,
+            to_client: client_ok.then(|| Want::control(&frames::close_frame(code, text, None))),
+            to_upstream: upstream_ok.then(|| {
+                Want::control(&frames::close_frame(
+                    code,
+                    text,
+                    Some(frames::random_mask()),
+                ))
+            }),
+            client_done: !client_ok || self.c2u.finished(),
+            upstream_done: !upstream_ok || self.u2c.finished(),
+            deadline: Box::pin(tokio::time::sleep(self.opts.close_wait)),
+        });
+        true
+    }
+
+    /// Builds the frames waiting for the client: queued messages and a requested ping.
+    fn stage(&mut self) {
+        let wants_ping = self.info.take_ping_request();
+        let has_mail = self.info.has_mail();
+        if !wants_ping && !has_mail {
+            return;
+        }
+        if self.u2c.tracker.is_untrackable() {
+            return;
+        }
+        let aux = self.aux.get_or_insert_with(Box::default);
+        if aux.closing.is_some() {
+            return;
+        }
+        let (mut bytes, mut ping) = match aux.staged.take() {
+            Some(s) => (Vec::from(s.want.bytes), s.ping),
+            None => (Vec::new(), None),
+        };
+        if wants_ping && ping.is_none() {
+            let payload: [u8; frames::PING_PAYLOAD_LEN] = rand::random();
+            bytes.extend_from_slice(&frames::ping_frame(&payload, None));
+            ping = Some(payload);
+        }
+        while let Some(msg) = self.info.next_message() {
+            bytes.extend_from_slice(&frames::data_frame(msg.kind, &msg.payload, None));
+        }
+        aux.staged = Some(Staged {
+            want: Want {
+                bytes: Bytes::from(bytes),
+                data: true,
+            },
+            ping,
+        });
+    }
+}
+
+impl<C, U> Future for Tunnel<'_, C, U>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -182,12 +381,81 @@ where
         let t = self.get_mut();
         // Register before checking, so a stop that lands in between still wakes us.
         t.info.register_waker(cx.waker());
-        if let Some(reason) = t.info.stop_reason() {
-            return Poll::Ready(Ended::Stopped(reason));
+        let closing = t.aux.as_ref().is_some_and(|a| a.closing.is_some());
+        if !closing {
+            let stop = if t.c2u.too_big || t.u2c.too_big {
+                Some((
+                    Ended::TooBig,
+                    t.opts.codes.too_big,
+                    "message too big".to_string(),
+                ))
+            } else {
+                t.info.stop_reason().map(|reason| {
+                    let (code, text) = t.info.close_override().unwrap_or_else(|| {
+                        let (c, s) = t.opts.close_for(reason);
+                        (c, s.to_string())
+                    });
+                    (Ended::Stopped(reason), code, text)
+                })
+            };
+            if let Some((ended, code, text)) = stop
+                && !t.begin_close(ended, code, &text)
+            {
+                return Poll::Ready(ended);
+            }
+            t.stage();
         }
+        let (want_c2u, want_u2c) = match t.aux.as_deref() {
+            Some(Aux {
+                closing: Some(c), ..
+            }) => (c.to_upstream.as_ref(), c.to_client.as_ref()),
+            Some(Aux {
+                staged: Some(s), ..
+            }) => (None, Some(&s.want)),
+            _ => (None, None),
+        };
+        let max = t.opts.max_message;
         let info = &*t.info;
-        let a = t.c2u.poll(cx, &mut t.client, &mut t.upstream, info);
-        let b = t.u2c.poll(cx, &mut t.upstream, &mut t.client, info);
+        let a = t
+            .c2u
+            .poll(cx, &mut t.client, &mut t.upstream, info, max, want_c2u);
+        let b = t
+            .u2c
+            .poll(cx, &mut t.upstream, &mut t.client, info, max, want_u2c);
+        t.after_poll();
+        if let Some(closing) = t.aux.as_mut().and_then(|a| a.closing.as_mut()) {
+            // A gateway close ends when both peers answered (or stopped sending), when the
+            // wait is over, or on an error; data from the peers is no longer forwarded.
+            let failed = matches!(a, Poll::Ready(Err(_))) || matches!(b, Poll::Ready(Err(_)));
+            let answered = closing.client_done && closing.upstream_done;
+            if failed || answered || closing.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(closing.ended);
+            }
+            return Poll::Pending;
+        }
+        if (t.c2u.too_big || t.u2c.too_big) && t.aux.as_ref().is_none_or(|a| a.closing.is_none()) {
+            // Start the 1009 close on the next turn (the check at the top).
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let both = t.c2u.saw_close && t.u2c.saw_close;
+        if (both && (t.c2u.finished() || t.u2c.finished()))
+            || (t.c2u.saw_close && t.u2c.finished())
+            || (t.u2c.saw_close && t.c2u.finished())
+        {
+            // A side that received a close frame hung up (answered or not), or both close
+            // frames passed and either side hung up: the WebSocket is over, so don't wait
+            // for the other side to hang up too (RFC 6455 has the server close TCP first;
+            // clients often keep theirs open until they notice).
+            if t.first.is_none() {
+                t.first = Some(if t.c2u.finished() {
+                    ClosedBy::Client
+                } else {
+                    ClosedBy::Upstream
+                });
+            }
+            return Poll::Ready(Ended::Closed);
+        }
         if t.first.is_none() {
             // Remember who hung up (or failed) first, for the access log.
             if t.c2u.finished() {
@@ -197,9 +465,86 @@ where
             }
         }
         match (a, b) {
-            (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => Poll::Ready(Ended::Error),
+            (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => {
+                // After a close frame each way, a reset (or a TLS peer that skips
+                // close_notify, as browsers do) is a normal end, not an error.
+                if t.c2u.saw_close && t.u2c.saw_close {
+                    Poll::Ready(Ended::Closed)
+                } else {
+                    Poll::Ready(Ended::Error)
+                }
+            }
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ended::Closed),
             _ => Poll::Pending,
+        }
+    }
+}
+
+impl<C, U> Tunnel<'_, C, U> {
+    /// Takes what the directions noticed while copying.
+    fn after_poll(&mut self) {
+        if self.first_close.is_none() {
+            if self.c2u.saw_close && !self.c2u.close_was_answer {
+                self.first_close = Some(ClosedBy::Client);
+            } else if self.u2c.saw_close && !self.u2c.close_was_answer {
+                self.first_close = Some(ClosedBy::Upstream);
+            }
+        }
+        if std::mem::take(&mut self.c2u.saw_pong) {
+            self.info.pong_received();
+        }
+        let Some(aux) = self.aux.as_deref_mut() else {
+            return;
+        };
+        if let Some(c) = &mut aux.closing {
+            if std::mem::take(&mut self.c2u.injected) {
+                c.to_upstream = None;
+            }
+            if std::mem::take(&mut self.u2c.injected) {
+                c.to_client = None;
+            }
+            // An answer is the peer's close frame after ours went out; a reader that ended
+            // answers too.
+            c.client_done |= self.c2u.finished() || (c.to_client.is_none() && self.c2u.saw_close);
+            c.upstream_done |=
+                self.u2c.finished() || (c.to_upstream.is_none() && self.u2c.saw_close);
+            if self.c2u.tracker.is_untrackable() {
+                c.to_upstream = None;
+                c.upstream_done = true;
+            }
+            if self.u2c.tracker.is_untrackable() {
+                c.to_client = None;
+                c.client_done = true;
+            }
+        } else if std::mem::take(&mut self.u2c.injected) {
+            if let Some(Staged {
+                ping: Some(payload),
+                ..
+            }) = aux.staged.take()
+            {
+                self.c2u.tracker.expect_pong(&payload);
+            }
+        } else if self.u2c.tracker.is_untrackable() {
+            aux.staged = None;
+        }
+        if aux.staged.is_none() && aux.closing.is_none() {
+            self.aux = None;
+        }
+    }
+}
+
+/// Bytes a direction should put into its writer at the next suitable frame boundary.
+struct Want {
+    bytes: Bytes,
+    /// Data frames may not land inside a fragmented message; control frames may.
+    data: bool,
+}
+
+impl Want {
+    fn control(f: &ControlFrame) -> Want {
+        Want {
+            bytes: Bytes::copy_from_slice(f.as_bytes()),
+            data: false,
         }
     }
 }
@@ -209,11 +554,31 @@ where
 struct Direction {
     /// Bytes read but not yet accepted by the writer (rare: only under backpressure).
     pending: Option<Box<(Vec<u8>, usize)>>,
+    /// The start of a frame that may be the pong answering our ping, held back until it is
+    /// settled (client → upstream only, at most 14 bytes).
+    held: Option<Box<[u8]>>,
+    tracker: FrameTracker,
     state: DirState,
-    client_to_upstream: bool,
+    /// Our close frame went into this direction's writer: the reader is still read (for
+    /// the peer's answer) but nothing more is forwarded.
+    discard: bool,
+    /// The wanted frame was written (the tunnel clears it).
+    injected: bool,
+    /// A close frame came from this direction's reader.
+    saw_close: bool,
+    /// ... after a close frame went the other way (it answers that one).
+    close_was_answer: bool,
+    /// The pong answering our ping came from this reader (the tunnel clears it).
+    saw_pong: bool,
+    /// A message from this reader exceeded the limit.
+    too_big: bool,
+    /// Why framing was lost, once.
+    lost: Option<Violation>,
     chunks: u32,
+    messages: u32,
     unpublished: u64,
     counter: IntCounter,
+    msg_counter: IntCounter,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,21 +601,79 @@ impl Drop for Direction {
     }
 }
 
+/// What one chunk showed, gathered from the tracker's events.
+struct Scan {
+    /// Looking for a place for data frames (outside fragmented messages) or any boundary.
+    want: Option<bool>,
+    in_msg: bool,
+    cut: Option<usize>,
+    frame_start: isize,
+    too_big_at: Option<isize>,
+    pong: Option<(isize, usize)>,
+    close: bool,
+    messages: u32,
+    lost: Option<Violation>,
+}
+
+impl Scan {
+    fn on(&mut self, ev: Event) {
+        match ev {
+            Event::FrameStart(f) => {
+                self.frame_start = f.payload_at as isize - isize::from(f.header_len);
+                if matches!(f.opcode, OpCode::Text | OpCode::Binary) && !f.fin {
+                    self.in_msg = true;
+                }
+            }
+            Event::FrameEnd { opcode, fin, end } => {
+                if !opcode.is_control() && fin {
+                    self.in_msg = false;
+                }
+                if self.cut.is_none()
+                    && self.too_big_at.is_none()
+                    && let Some(data) = self.want
+                    && (!data || !self.in_msg)
+                {
+                    self.cut = Some(end);
+                }
+            }
+            Event::MessageEnd { .. } => self.messages += 1,
+            Event::MessageTooBig { .. } => {
+                if self.too_big_at.is_none() {
+                    self.too_big_at = Some(self.frame_start);
+                }
+            }
+            Event::Close { .. } => self.close = true,
+            Event::Pong { start, end } => self.pong = Some((start, end)),
+            Event::Untrackable { reason, .. } => self.lost = Some(reason),
+        }
+    }
+}
+
 impl Direction {
-    fn new(counter: IntCounter, client_to_upstream: bool) -> Self {
+    fn new(counter: IntCounter, msg_counter: IntCounter, tracker: FrameTracker) -> Self {
         Direction {
             pending: None,
+            held: None,
+            tracker,
             state: DirState::Copying,
-            client_to_upstream,
+            discard: false,
+            injected: false,
+            saw_close: false,
+            close_was_answer: false,
+            saw_pong: false,
+            too_big: false,
+            lost: None,
             chunks: 0,
+            messages: 0,
             unpublished: 0,
             counter,
+            msg_counter,
         }
     }
 
     #[inline]
     fn add(&mut self, n: usize, info: &TunnelInfo) {
-        let total = if self.client_to_upstream {
+        let total = if self.tracker.direction() == frames::Direction::ClientToServer {
             &info.client_to_upstream
         } else {
             &info.upstream_to_client
@@ -269,7 +692,11 @@ impl Direction {
         if self.unpublished > 0 {
             self.counter.inc_by(self.unpublished);
         }
+        if self.messages > 0 {
+            self.msg_counter.inc_by(u64::from(self.messages));
+        }
         self.unpublished = 0;
+        self.messages = 0;
         self.chunks = 0;
     }
 
@@ -278,18 +705,46 @@ impl Direction {
         self.state != DirState::Copying
     }
 
+    /// The writer was shut down (or failed): nothing can be written to it any more.
+    fn finished_writing(&self) -> bool {
+        self.state == DirState::Done
+    }
+
+    /// Writes out `pending` (used once at the end, before the shutdown).
+    fn flush_pending<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &mut W,
+    ) -> Poll<io::Result<()>> {
+        if let Some(pending) = &mut self.pending {
+            let (buf, off) = &mut **pending;
+            while *off < buf.len() {
+                let n = ready!(Pin::new(&mut *w).poll_write(cx, &buf[*off..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                *off += n;
+            }
+            self.pending = None;
+        }
+        Pin::new(&mut *w).poll_flush(cx)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         r: &mut R,
         w: &mut W,
         info: &TunnelInfo,
+        max: u64,
+        want: Option<&Want>,
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let result = self.poll_inner(cx, r, w, info);
+        let result = self.poll_inner(cx, r, w, info, max, want);
         if let Poll::Ready(Err(_)) = result {
             self.state = DirState::Done;
         }
@@ -302,11 +757,17 @@ impl Direction {
         r: &mut R,
         w: &mut W,
         info: &TunnelInfo,
+        max: u64,
+        mut want: Option<&Want>,
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        if self.injected {
+            // Written already; the tunnel hasn't taken note yet.
+            want = None;
+        }
         loop {
             if let Some(pending) = &mut self.pending {
                 let (buf, off) = &mut **pending;
@@ -319,16 +780,36 @@ impl Direction {
                 }
                 self.pending = None;
             }
+            // A frame goes in as soon as the stream rests at a suitable boundary.
+            if let Some(wnt) = want
+                && self.state != DirState::Done
+                && self.held.is_none()
+                && self.tracker.at_frame_boundary()
+                && !(wnt.data && self.tracker.in_fragmented_message())
+            {
+                self.write_parts(cx, w, &[&wnt.bytes])?;
+                self.mark_injected(wnt);
+                want = None;
+                continue;
+            }
             match self.state {
                 DirState::Done => return Poll::Ready(Ok(())),
                 DirState::ShuttingDown => {
+                    if self.discard {
+                        // Our close frame ended this way; the final shutdown closes it.
+                        return Poll::Ready(Ok(()));
+                    }
                     ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
                     self.state = DirState::Done;
                     return Poll::Ready(Ok(()));
                 }
                 DirState::Copying => {}
             }
-            let step = SCRATCH.with_borrow_mut(|scratch| self.read_and_write(cx, r, w, scratch))?;
+            let step = SCRATCH
+                .with_borrow_mut(|scratch| self.read_and_write(cx, r, w, scratch, max, want))?;
+            if self.injected {
+                want = None;
+            }
             match step {
                 Read::Moved(n) => self.add(n, info),
                 Read::Eof => self.state = DirState::ShuttingDown,
@@ -344,14 +825,58 @@ impl Direction {
         }
     }
 
+    fn mark_injected(&mut self, want: &Want) {
+        self.injected = true;
+        if !want.data {
+            // Only close frames are wanted as control frames: nothing follows them.
+            self.discard = true;
+        }
+    }
+
+    /// Writes `parts` in order as far as the writer takes them now; the rest is copied
+    /// into `pending` (which must be empty).
+    fn write_parts<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &mut W,
+        parts: &[&[u8]],
+    ) -> io::Result<()> {
+        for (i, part) in parts.iter().enumerate() {
+            let mut off = 0;
+            while off < part.len() {
+                match Pin::new(&mut *w).poll_write(cx, &part[off..]) {
+                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => off += n,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => {
+                        let rest: usize = part.len() - off
+                            + parts[i + 1..].iter().map(|p| p.len()).sum::<usize>();
+                        let mut buf = Vec::with_capacity(rest);
+                        buf.extend_from_slice(&part[off..]);
+                        for p in &parts[i + 1..] {
+                            buf.extend_from_slice(p);
+                        }
+                        self.pending = Some(Box::new((buf, 0)));
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads once into `scratch` and writes as much as the writer takes right now; the
-    /// rest is copied into `pending`.
+    /// rest is copied into `pending`. With tracking, the chunk is fed to the tracker first:
+    /// a wanted frame is put in at the first suitable boundary, the pong answering our
+    /// ping is left out, and forwarding stops before a frame that breaks the size limit.
     fn read_and_write<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         r: &mut R,
         w: &mut W,
         scratch: &mut [u8],
+        max: u64,
+        want: Option<&Want>,
     ) -> io::Result<Read>
     where
         R: AsyncRead + Unpin,
@@ -365,21 +890,130 @@ impl Direction {
         }
         let data = rb.filled();
         if data.is_empty() {
+            if let Some(held) = self.held.take()
+                && !self.discard
+            {
+                // An unfinished frame at EOF: not our pong, so it is the peer's to deliver.
+                self.write_parts(cx, w, &[&held])?;
+            }
             return Ok(Read::Eof);
         }
-        let mut off = 0;
-        while off < data.len() {
-            match Pin::new(&mut *w).poll_write(cx, &data[off..]) {
-                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => off += n,
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => {
-                    self.pending = Some(Box::new((data[off..].to_vec(), 0)));
-                    break;
-                }
+        let n = data.len();
+        if self.tracker.is_untrackable() {
+            if !self.discard {
+                self.write_parts(cx, w, &[data])?;
+            }
+            return Ok(Read::Moved(n));
+        }
+        let mut scan = Scan {
+            want: want.map(|w| w.data),
+            in_msg: self.tracker.in_fragmented_message(),
+            cut: None,
+            frame_start: 0,
+            too_big_at: None,
+            pong: None,
+            close: false,
+            messages: 0,
+            lost: None,
+        };
+        self.tracker.feed(data, max, &mut |ev| scan.on(ev));
+        self.messages += scan.messages;
+        if scan.close && !self.saw_close {
+            self.saw_close = true;
+        }
+        if scan.pong.is_some() {
+            self.saw_pong = true;
+        }
+        if let Some(v) = scan.lost {
+            self.lost = Some(v);
+        }
+        // Held bytes come first: work on one buffer, offsets shifted by their length.
+        let held = self.held.take();
+        let h = held.as_ref().map_or(0, |b| b.len());
+        let buf: Cow<'_, [u8]> = match &held {
+            Some(b) => {
+                let mut v = Vec::with_capacity(h + n);
+                v.extend_from_slice(b);
+                v.extend_from_slice(data);
+                Cow::Owned(v)
+            }
+            None => Cow::Borrowed(data),
+        };
+        let at = |off: isize| (off + h as isize).clamp(0, (h + n) as isize) as usize;
+        let mut end = h + n;
+        if let Some(s) = scan.too_big_at {
+            // Stop before the frame that broke the limit; if its head already went out
+            // (split across reads), the peer sees a cut frame, then our close or a reset.
+            end = at(s);
+            self.too_big = true;
+        }
+        let hold = if scan.lost.is_none() && !self.too_big {
+            self.tracker.pending_pong_len()
+        } else {
+            0
+        };
+        if hold > 0 {
+            let from = (h + n).saturating_sub(hold);
+            self.held = Some(buf[from..].into());
+            end = end.min(from);
+        }
+        if self.discard {
+            return Ok(Read::Moved(n));
+        }
+        let (skip_from, skip_to) = match scan.pong {
+            Some((s, e)) => (at(s).min(end), at(e as isize).min(end)),
+            None => (end, end),
+        };
+        let cut = scan.cut.map(|c| at(c as isize)).filter(|&c| c <= end);
+        let mut parts: [&[u8]; 4] = [&[]; 4];
+        let mut k = 0;
+        // Segments in stream order: [0, skip_from) and [skip_to, end), with the wanted
+        // frame at `cut` (never inside the skipped pong: both are frame boundaries).
+        let mut segs: Vec<(usize, usize)> = Vec::with_capacity(4);
+        match cut {
+            Some(c) if c <= skip_from => {
+                segs.push((0, c));
+                segs.push((usize::MAX, 0));
+                segs.push((c, skip_from));
+                segs.push((skip_to, end));
+            }
+            Some(c) => {
+                segs.push((0, skip_from));
+                segs.push((skip_to, c.max(skip_to)));
+                segs.push((usize::MAX, 0));
+                segs.push((c.max(skip_to), end));
+            }
+            None => {
+                segs.push((0, skip_from));
+                segs.push((skip_to, end));
             }
         }
-        Ok(Read::Moved(data.len()))
+        let wanted: &[u8] = match (cut, want) {
+            (Some(_), Some(w)) => &w.bytes,
+            _ => &[],
+        };
+        let mut injected = false;
+        for (from, to) in segs {
+            if from == usize::MAX {
+                if k < parts.len() {
+                    parts[k] = wanted;
+                    k += 1;
+                    injected = true;
+                }
+                if want.is_some_and(|w| !w.data) {
+                    // Nothing follows our close frame.
+                    break;
+                }
+            } else if from < to && k < parts.len() {
+                parts[k] = &buf[from..to];
+                k += 1;
+            }
+        }
+        self.write_parts(cx, w, &parts[..k])?;
+        if injected && let Some(w) = want {
+            self.mark_injected(w);
+        }
+        Ok(Read::Moved(n))
     }
 }
 
@@ -569,6 +1203,14 @@ mod tunnel_tests {
 
     /// (client peer, upstream peer, gateway's client side, gateway's upstream side), with
     /// pipes of `cap` bytes so that writes block as soon as a reader falls behind.
+    /// These tests move arbitrary bytes, not WebSocket frames.
+    fn untracked() -> SessionOptions {
+        SessionOptions {
+            track: false,
+            ..SessionOptions::default()
+        }
+    }
+
     fn pipes(cap: usize) -> (DuplexStream, DuplexStream, DuplexStream, DuplexStream) {
         let (client, gate_c) = duplex(cap);
         let (upstream, gate_u) = duplex(cap);
@@ -605,7 +1247,7 @@ mod tunnel_tests {
         let tunnel = tokio::spawn({
             let rm = rm.clone();
             let info = info.clone();
-            async move { splice(gc, gu, &rm, info).await }
+            async move { splice(gc, gu, &rm, info, &untracked(), false).await }
         });
         let up_data = pattern(300_000, 7);
         let down_data = pattern(200_000, 99);
@@ -635,7 +1277,7 @@ mod tunnel_tests {
         let tunnel = tokio::spawn({
             let rm = rm.clone();
             let info = info();
-            async move { splice(gc, gu, &rm, info).await }
+            async move { splice(gc, gu, &rm, info, &untracked(), false).await }
         });
         // `a` hangs up its sending side first; `b` must see EOF and still be able to answer.
         let (mut a, mut b) = if client_first {
@@ -697,7 +1339,7 @@ mod tunnel_tests {
         let tunnel = tokio::spawn({
             let rm = rm.clone();
             let info = info.clone();
-            async move { splice(gc, gu, &rm, info).await }
+            async move { splice(gc, gu, &rm, info, &untracked(), false).await }
         });
         // The client never reads: the tunnel's write towards it blocks with bytes pending,
         // and the upstream's own write blocks behind it.
@@ -775,9 +1417,12 @@ mod tunnel_tests {
             read_fails: true,
             inner: gc,
         };
-        let report = tokio::time::timeout(Duration::from_secs(5), splice(broken, gu, &rm, info()))
-            .await
-            .unwrap();
+        let report = tokio::time::timeout(
+            Duration::from_secs(5),
+            splice(broken, gu, &rm, info(), &untracked(), false),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             (report.ended, report.closed_by),
             (Ended::Error, ClosedBy::Client)
@@ -795,9 +1440,12 @@ mod tunnel_tests {
             inner: gu,
         };
         client.write_all(b"hello").await.unwrap();
-        let report = tokio::time::timeout(Duration::from_secs(5), splice(gc, broken, &rm, info()))
-            .await
-            .unwrap();
+        let report = tokio::time::timeout(
+            Duration::from_secs(5),
+            splice(gc, broken, &rm, info(), &untracked(), false),
+        )
+        .await
+        .unwrap();
         assert_eq!(report.ended, Ended::Error);
         assert_eq!(rm.active.get(), 0);
     }

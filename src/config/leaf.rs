@@ -112,6 +112,21 @@ string_schema!(
     /// A query parameter name.
     QueryParam, {"type": "string", "format": "query-param"});
 
+/// A WebSocket close code the gateway may send (which ones: `semantic`).
+pub(crate) struct CloseCode;
+
+impl JsonSchema for CloseCode {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "CloseCode".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "integer", "minimum": 1000, "maximum": 4999})
+    }
+}
+
 /// A JWT algorithm name.
 pub(crate) struct Alg;
 

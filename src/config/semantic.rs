@@ -69,10 +69,37 @@ pub(crate) fn check(c: &mut Config, tree: &Value, base_dir: &Path, problems: &mu
         }
     }
     routes(c, tree, &defined, base_dir, problems);
+    close_codes(&c.close_codes, problems);
     for l in &mut c.listeners {
         if let Some(tls) = &mut l.tls {
             tls.cert = base_dir.join(&tls.cert);
             tls.key = base_dir.join(&tls.key);
+        }
+    }
+}
+
+/// Codes a peer must accept in a close frame from the gateway: RFC 6455 §7.4 reserves
+/// 1004–1006 and 1015 (never sent), 1010 is for clients, and 1012–2999 belong to the IANA.
+pub(crate) fn sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1009 | 1011 | 3000..=4999)
+}
+
+fn close_codes(codes: &super::CloseCodes, problems: &mut Problems) {
+    let all = [
+        ("shutdown", codes.shutdown),
+        ("idle", codes.idle),
+        ("kicked", codes.kicked),
+        ("expired", codes.expired),
+        ("evicted", codes.evicted),
+        ("lifetime", codes.lifetime),
+        ("too_big", codes.too_big),
+    ];
+    for (name, code) in all {
+        if !sendable_close_code(code) {
+            problems.push(
+                &[key("close_codes"), key(name)],
+                format!("{code} is not a close code a gateway may send (use 1000-1003, 1007-1009, 1011 or 3000-4999)"),
+            );
         }
     }
 }
@@ -317,6 +344,20 @@ fn routes(
                 &under("max_connections_per_user"),
                 "needs auth: an open route has no users to count (add auth: [...] or remove the key)",
             );
+        }
+        if !r.track_frames {
+            // These act on frames: without tracking they would silently do nothing.
+            for (k, set) in [
+                ("max_message_bytes", r.max_message_bytes.is_some()),
+                ("ping_interval", r.ping_interval.is_some()),
+            ] {
+                if set {
+                    problems.push(
+                        &under(k),
+                        "needs track_frames: true (frames are not followed on this route)",
+                    );
+                }
+            }
         }
     }
 }

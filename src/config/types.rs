@@ -50,6 +50,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Drain behaviour on SIGTERM/SIGINT.
     pub shutdown: ShutdownConfig,
+    /// Close codes the gateway sends when it ends a tracked tunnel.
+    pub close_codes: CloseCodes,
     /// Timeouts that bound every phase before the splice.
     pub timeouts: TimeoutsConfig,
     /// Resource limits.
@@ -76,6 +78,7 @@ impl Default for Config {
             auth: BTreeMap::new(),
             routes: Vec::new(),
             shutdown: ShutdownConfig::default(),
+            close_codes: CloseCodes::default(),
             timeouts: TimeoutsConfig::default(),
             limits: LimitsConfig::default(),
             trusted_proxies: None,
@@ -307,7 +310,7 @@ impl std::fmt::Debug for JwtKey {
 }
 
 /// One route: a path prefix, an upstream and the authenticators that guard it.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[schemars(extend("required" = ["path", "upstream"]))]
 pub struct RouteConfig {
@@ -344,12 +347,57 @@ pub struct RouteConfig {
         extend("minItems" = 1, "errorMessage" = {"minItems": "an empty list would refuse every browser: remove the key to allow any origin"})
     )]
     pub origins: Option<Vec<OriginPattern>>,
+    /// Follow WebSocket frame boundaries in the tunnel (close frames with codes, pushed
+    /// messages, keepalive pings, size limits, message counts); false = a blind byte pipe
+    /// whose gateway-side closes are TCP closes.
+    pub track_frames: bool,
+    /// A data message (all its fragments) larger than this closes the tunnel with 1009;
+    /// absent = no limit. Needs `track_frames`.
+    #[schemars(range(min = 1))]
+    pub max_message_bytes: Option<u64>,
+    /// A tunnel open this long is closed with 4003 "lifetime reached"; absent = no cap.
+    #[serde(with = "leaf::opt_duration")]
+    #[schemars(with = "Option<leaf::PositiveDuration>")]
+    pub max_lifetime: Option<Duration>,
+    /// A tunnel admitted by a JWT with `exp` closes this long after `exp` (4001 "token expired").
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::DurationStr")]
+    pub expiry_grace: Duration,
+    /// Ping the client this often; absent = no gateway pings. Needs `track_frames`.
+    #[serde(with = "leaf::opt_duration")]
+    #[schemars(with = "Option<leaf::PositiveDuration>")]
+    pub ping_interval: Option<Duration>,
+    /// A client that hasn't answered a gateway ping after this long is closed (1001 "idle").
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::PositiveDuration")]
+    pub ping_timeout: Duration,
     /// Open WebSocket connections one user may hold on this route (authenticated routes
     /// only); absent = unlimited.
     #[schemars(range(min = 1))]
     pub max_connections_per_user: Option<usize>,
     /// What a login beyond `max_connections_per_user` does: `reject` (409) or `evict_oldest`.
     pub on_user_limit: OnUserLimit,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        Self {
+            path: String::new(),
+            upstreams: Vec::new(),
+            auth: Vec::new(),
+            balance: Balance::default(),
+            ca: None,
+            origins: None,
+            track_frames: true,
+            max_message_bytes: None,
+            max_lifetime: None,
+            expiry_grace: Duration::ZERO,
+            ping_interval: None,
+            ping_timeout: Duration::from_secs(20),
+            max_connections_per_user: None,
+            on_user_limit: OnUserLimit::Reject,
+        }
+    }
 }
 
 /// What a handshake over a route's `max_connections_per_user` does.
@@ -425,6 +473,48 @@ pub struct UpstreamConfig {
     pub url: String,
 }
 
+/// `close_codes:` section: the WebSocket close code sent to both peers for each reason the
+/// gateway ends a tunnel (1000, 1001, 1008, 1009, 1011 or 3000–4999).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloseCodes {
+    /// Drain deadline on shutdown.
+    #[schemars(with = "leaf::CloseCode")]
+    pub shutdown: u16,
+    /// `timeouts.tunnel_idle` or an unanswered keepalive ping.
+    #[schemars(with = "leaf::CloseCode")]
+    pub idle: u16,
+    /// Admin kick (`DELETE /connections/{id}`, `DELETE /users/{user}`).
+    #[schemars(with = "leaf::CloseCode")]
+    pub kicked: u16,
+    /// Token expiry.
+    #[schemars(with = "leaf::CloseCode")]
+    pub expired: u16,
+    /// A newer login of the same user (`on_user_limit: evict_oldest`).
+    #[schemars(with = "leaf::CloseCode")]
+    pub evicted: u16,
+    /// `max_lifetime`.
+    #[schemars(with = "leaf::CloseCode")]
+    pub lifetime: u16,
+    /// `max_message_bytes` exceeded.
+    #[schemars(with = "leaf::CloseCode")]
+    pub too_big: u16,
+}
+
+impl Default for CloseCodes {
+    fn default() -> Self {
+        Self {
+            shutdown: 1001,
+            idle: 1001,
+            kicked: 4000,
+            expired: 4001,
+            evicted: 4002,
+            lifetime: 4003,
+            too_big: 1009,
+        }
+    }
+}
+
 /// `shutdown:` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
@@ -433,12 +523,24 @@ pub struct ShutdownConfig {
     #[serde(with = "leaf::duration")]
     #[schemars(with = "leaf::DurationStr")]
     pub drain_timeout: Duration,
+    /// Tunnels still open at the drain deadline are closed spread evenly over this window,
+    /// so their clients don't all reconnect in the same second (0s = all at once).
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::DurationStr")]
+    pub close_jitter: Duration,
+    /// How long a gateway-initiated close waits for both peers to answer the close frame
+    /// before closing TCP.
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::PositiveDuration")]
+    pub close_wait: Duration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             drain_timeout: Duration::from_secs(30),
+            close_jitter: Duration::ZERO,
+            close_wait: Duration::from_secs(1),
         }
     }
 }

@@ -330,9 +330,12 @@ impl Handler {
             .handshake_duration
             .observe(started.elapsed().as_secs_f64());
 
+        let deflate = negotiated_deflate(client_resp.headers());
         let route = route.clone();
         let permits = self.permits.clone();
         let registry = self.shared.registry.clone();
+        let deadlines = self.shared.deadlines.clone();
+        let expires_at = admission.as_ref().and_then(|a| a.identity.expires_at);
         let user = admission.map(|a| a.identity.user);
         self.shared.tracker.spawn(async move {
             let _held = (permits, server_guard, tunnel_slot);
@@ -351,18 +354,26 @@ impl Handler {
                 }
             };
             let opened = Instant::now();
-            let info = Arc::new(crate::registry::TunnelInfo::new(
+            let mut info = crate::registry::TunnelInfo::new(
                 registry.next_id(),
                 route.path.clone(),
                 user,
                 client_ip,
-            ));
+            );
+            if let Some((interval, timeout)) = route.keepalive {
+                info = info.with_keepalive(interval, timeout);
+            }
+            let info = Arc::new(info);
             let _listed = registry.insert(info.clone());
             if let Some(slot) = &user_slot {
                 slot.attach(&info);
             }
+            if let Some((at, reason)) = deadline(opened, expires_at, &route) {
+                deadlines.add(at, info.id, reason);
+            }
             let (c, u) = (splice::Side::client(c), splice::Side::upstream(u));
-            let report = splice::splice(c, u, &route.metrics, info.clone()).await;
+            let report =
+                splice::splice(c, u, &route.metrics, info.clone(), &route.session, deflate).await;
             tracing::info!(
                 target: "wsgate::access",
                 route = %route.path,
@@ -378,7 +389,9 @@ impl Handler {
                     Ended::Closed => "closed",
                     Ended::Error => "error",
                     Ended::Stopped(r) => r.close_reason().as_str(),
+                    Ended::TooBig => "too_big",
                 },
+                reason = report.reason.as_str(),
                 closed_by = report.closed_by.as_str(),
                 "tunnel closed"
             );
@@ -545,6 +558,42 @@ impl Handler {
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
         Ok(req)
+    }
+}
+
+/// Whether the upstream's 101 accepted permessage-deflate (the tracker then allows RSV1).
+fn negotiated_deflate(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|ext| {
+            ext.split(';')
+                .next()
+                .is_some_and(|name| name.trim().eq_ignore_ascii_case("permessage-deflate"))
+        })
+}
+
+/// The earlier of the token's expiry (plus the route's grace) and the route's lifetime cap.
+fn deadline(
+    opened: Instant,
+    expires_at: Option<std::time::SystemTime>,
+    route: &Route,
+) -> Option<(Instant, crate::registry::StopReason)> {
+    use crate::registry::StopReason;
+    let expiry = expires_at.map(|exp| {
+        let left = (exp + route.expiry_grace)
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        (opened + left, StopReason::Expired)
+    });
+    let lifetime = route
+        .max_lifetime
+        .map(|d| (opened + d, StopReason::Lifetime));
+    match (expiry, lifetime) {
+        (Some(e), Some(l)) => Some(if l.0 < e.0 { l } else { e }),
+        (e, l) => e.or(l),
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Authenticated connections per (route, user): per-user limits, `GET /users`, kicks.
     pub users: Arc<crate::users::Users>,
+    /// Token-expiry and lifetime deadlines of open tunnels.
+    pub deadlines: Arc<crate::deadlines::Deadlines>,
     /// Per-client-IP connection counts and handshake buckets.
     pub limits: Arc<Limits>,
     /// Open client connections (`limits.max_connections`).
