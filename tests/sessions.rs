@@ -439,10 +439,9 @@ async fn a_user_over_the_limit_gets_409() {
     let first = open_jwt(&gate, "/one", "alice").await;
     let limited = "wsgate_handshakes_total{outcome=\"limited\",route=\"/one\"}";
     assert_eq!(gate.metric(limited).await, 0.0);
-    let err = try_open_jwt(&gate, "/one", "alice")
-        .await
-        .err()
-        .expect("second login admitted");
+    let Err(err) = try_open_jwt(&gate, "/one", "alice").await else {
+        panic!("second login admitted");
+    };
     assert_eq!(refused_status(err), 409);
     assert_eq!(gate.metric(limited).await, 1.0);
     // Other users and other routes are not affected.
