@@ -337,6 +337,9 @@ impl Handler {
         let deadlines = self.shared.deadlines.clone();
         let expires_at = admission.as_ref().and_then(|a| a.identity.expires_at);
         let user = admission.map(|a| a.identity.user);
+        // Boxed: the tunnel's future keeps a pointer, not the slot, so an open route's idle
+        // tunnels don't grow by its size.
+        let user_slot = user_slot.map(Box::new);
         self.shared.tracker.spawn(async move {
             let _held = (permits, server_guard, tunnel_slot);
             // Boxed so the waiting state doesn't stay inline in the tunnel's future for its
