@@ -84,7 +84,7 @@ pub async fn serve(
                 let stop = streams_stop.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(
-                        respond(&req, &shared, &runtime, peer, reload, stop).await,
+                        respond(req, &shared, &runtime, peer, reload, stop).await,
                     )
                 }
             });
@@ -107,13 +107,16 @@ pub async fn serve(
 }
 
 async fn respond(
-    req: &Request<Incoming>,
+    req: Request<Incoming>,
     shared: &Shared,
     runtime: &Runtime,
     peer: SocketAddr,
     reload: Option<ReloadTarget>,
     stop: CancellationToken,
 ) -> Response<ProxyBody> {
+    if crate::admin_api::is_api_path(req.uri().path()) {
+        return crate::admin_api::respond(req, shared, runtime, peer).await;
+    }
     if req.uri().path() == "/reload" {
         if req.method() != Method::POST {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n");
@@ -141,7 +144,7 @@ async fn respond(
             );
             resp
         }
-        "/events" => events_endpoint(req, shared, runtime, peer, stop),
+        "/events" => events_endpoint(&req, shared, runtime, peer, stop),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if shared.draining.is_cancelled() {
@@ -165,12 +168,7 @@ fn events_endpoint(
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET /events\n");
     }
-    let token = runtime
-        .config
-        .admin
-        .as_ref()
-        .and_then(|a| a.token.as_deref());
-    if let Err(refusal) = events_guard(req.headers(), peer, token) {
+    if let Err(refusal) = guard_read(req.headers(), peer, runtime.config.admin.as_ref()) {
         tracing::warn!(client = %peer.ip(), path = "/events", reason = refusal.reason(), "admin call refused");
         return refusal.into_response();
     }
@@ -194,16 +192,6 @@ fn events_endpoint(
         HeaderValue::from_static("no"),
     );
     resp
-}
-
-/// Who may follow `GET /events`. For now the mutation rule; at merge it becomes the read
-/// rule (`guard_read`, which honours `admin.public_reads`).
-fn events_guard(
-    headers: &HeaderMap,
-    peer: SocketAddr,
-    token: Option<&str>,
-) -> Result<(), MutationRefusal> {
-    guard_mutation(headers, peer, token)
 }
 
 /// The `route` of `GET /events?route=...` (percent-decoded); other parameters are refused
@@ -250,7 +238,8 @@ impl MutationRefusal {
         }
     }
 
-    fn into_response(self) -> Response<ProxyBody> {
+    /// The refusal on the wire (401 with a Bearer challenge, or 403).
+    pub fn into_response(self) -> Response<ProxyBody> {
         match self {
             MutationRefusal::BadToken => {
                 let mut resp = text(
@@ -318,6 +307,20 @@ fn presents_token(headers: &HeaderMap, token: &str) -> bool {
     };
     scheme.eq_ignore_ascii_case("bearer")
         && bool::from(presented.trim().as_bytes().ct_eq(token.as_bytes()))
+}
+
+/// The rule for admin reads (`GET /connections`, `/users`, `/events`): open to anyone who
+/// reaches the listener with `admin.public_reads: true`, else the rule of [`guard_mutation`]
+/// (they list users and addresses, and a rebound page must not read them either).
+pub fn guard_read(
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    admin: Option<&crate::config::AdminConfig>,
+) -> Result<(), MutationRefusal> {
+    match admin {
+        Some(a) if a.public_reads => Ok(()),
+        _ => guard_mutation(headers, peer, admin.and_then(|a| a.token.as_deref())),
+    }
 }
 
 /// An IP literal (with or without port, IPv6 in brackets) or `localhost`.

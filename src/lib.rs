@@ -8,7 +8,9 @@
 //!                                                            proxy::response)
 //!  side channels: metrics (handles), admin (/metrics /healthz /readyz, POST /reload, GET /events),
 //!                 tracing logs, events (connected/disconnected: route webhooks, SSE hub),
-//!                 registry (open tunnels: idle sweeper, drain deadline, future admin API),
+//!                 registry (open tunnels: idle sweeper, drain deadline, admin API),
+//!                 users (authenticated connections per route and user: per-user limits),
+//!                 admin_api (GET /connections /users, kick, push, broadcast),
 //!                 frames (WebSocket frame boundaries seen by the splice; builds injected frames)
 //!  leaves: config (YAML → typed), runtime (typed → loaded state, swapped on reload), forwarded
 //!          (client address, X-Forwarded-For, Forwarded), headers (underscore twins, Host,
@@ -28,6 +30,7 @@
 )]
 
 pub mod admin;
+pub mod admin_api;
 pub mod auth;
 pub mod balance;
 pub mod config;
@@ -51,6 +54,7 @@ pub mod runtime;
 pub mod splice;
 pub mod tls;
 pub mod upstream;
+pub mod users;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -174,6 +178,7 @@ impl Gateway {
             tracker: TaskTracker::new(),
             draining: CancellationToken::new(),
             registry: registry::Registry::new(),
+            users: users::Users::new(),
             deadlines: Arc::new(deadlines::Deadlines::new()),
             limits: limits::Limits::new(),
             connections: Arc::new(Semaphore::new(runtime.config.limits.max_connections)),

@@ -45,6 +45,8 @@ pub const CLIENT_CONNECTIONS_OPEN: &str = "wsgate_client_connections_open";
 pub const EVENTS_DROPPED_TOTAL: &str = "wsgate_events_dropped_total";
 /// Connection events waiting for (or in) webhook delivery.
 pub const EVENTS_QUEUED: &str = "wsgate_events_queued";
+/// Distinct authenticated users with at least one open connection, per route.
+pub const USERS_ONLINE: &str = "wsgate_users_online";
 /// Tunnels ended, per route and reason (`CloseReason` values).
 pub const CONNECTIONS_CLOSED_TOTAL: &str = "wsgate_connections_closed_total";
 /// Whole WebSocket data messages spliced (from the frame tracker), per route and direction.
@@ -134,6 +136,7 @@ pub struct Metrics {
     client_connections_open: IntGauge,
     events_dropped_total: IntCounterVec,
     events_queued: IntGauge,
+    users_online: IntGaugeVec,
     connections_closed_total: IntCounterVec,
     messages_total: IntCounterVec,
     frames_untrackable_total: IntCounterVec,
@@ -161,6 +164,9 @@ pub struct RouteMetrics {
     pub handshake_duration: prometheus::Histogram,
     /// `wsgate_connection_duration_seconds{route}`.
     pub connection_duration: prometheus::Histogram,
+    /// `wsgate_users_online{route}` (kept exact by `users::Users`); only exported for
+    /// authenticated routes.
+    pub users_online: IntGauge,
     /// `wsgate_connections_closed_total{route,reason}`, in `CloseReason::ALL` order.
     pub closed: Arc<[IntCounter]>,
     /// `wsgate_messages_total{route,direction="client_to_upstream"}`.
@@ -252,6 +258,14 @@ impl Metrics {
             "Accepted client connections not yet closed (each holds a max_connections slot).",
         )?;
         registry.register(Box::new(client_connections_open.clone()))?;
+        let users_online = IntGaugeVec::new(
+            Opts::new(
+                USERS_ONLINE,
+                "Distinct authenticated users with an open WebSocket connection.",
+            ),
+            &["route"],
+        )?;
+        registry.register(Box::new(users_online.clone()))?;
         let connections_closed_total = IntCounterVec::new(
             Opts::new(CONNECTIONS_CLOSED_TOTAL, "Tunnels ended, by reason."),
             &["route", "reason"],
@@ -316,6 +330,7 @@ impl Metrics {
             client_connections_open,
             events_dropped_total,
             events_queued,
+            users_online,
             connections_closed_total,
             messages_total,
             frames_untrackable_total,
@@ -367,6 +382,13 @@ impl Metrics {
                 self.auth_failures_total.with_label_values(&[route, reason]);
             }
         }
+        // Open routes have no users: their gauge is a detached handle nobody exports.
+        let users_online = if authenticated {
+            self.users_online.with_label_values(&[route])
+        } else {
+            IntGauge::new(USERS_ONLINE, "unexported")
+                .unwrap_or_else(|_| self.users_online.with_label_values(&[route]))
+        };
         RouteMetrics {
             route: route.to_owned(),
             active: self.connections_active.with_label_values(&[route]),
@@ -382,6 +404,7 @@ impl Metrics {
                 .with_label_values(&[route, "upstream_to_client"]),
             handshake_duration: self.handshake_duration.with_label_values(&[route]),
             connection_duration: self.connection_duration.with_label_values(&[route]),
+            users_online,
             closed: crate::registry::CloseReason::ALL
                 .iter()
                 .map(|r| {

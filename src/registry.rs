@@ -513,6 +513,20 @@ impl Registry {
     }
 }
 
+/// Lookups for the admin API (issue 10): one shard at a time, so a listing never
+/// holds a lock for more than the copy of one shard's handles.
+impl Registry {
+    /// How many shards [`shard_snapshot`](Self::shard_snapshot) walks.
+    pub fn shard_count(&self) -> usize {
+        SHARDS
+    }
+
+    /// A copy of shard `i`'s entries (the lock is held only while the `Arc`s are cloned).
+    pub fn shard_snapshot(&self, i: usize) -> Vec<Arc<TunnelInfo>> {
+        self.shard(i as u64).values().cloned().collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

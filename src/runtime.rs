@@ -29,6 +29,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// Where this route's connection events are POSTed (`events.webhook`).
     pub events: Option<crate::events::Webhook>,
+    /// `max_connections_per_user` and `on_user_limit` (`None` = unlimited).
+    pub user_limit: Option<crate::users::UserLimit>,
     /// What the splice needs (frame tracking, limits, close codes).
     pub session: crate::splice::SessionOptions,
     /// Keepalive `(ping_interval, ping_timeout)`, when pings are on.
@@ -164,6 +166,12 @@ pub fn build_with(
             origins: r.origins.clone(),
             metrics: metrics.route(&r.path, !auths.is_empty()),
             auth: RouteAuth::new(auths),
+            user_limit: r
+                .max_connections_per_user
+                .map(|max| crate::users::UserLimit {
+                    max,
+                    on_limit: r.on_user_limit,
+                }),
             session: crate::splice::SessionOptions {
                 track: r.track_frames,
                 max_message: r.max_message_bytes.unwrap_or(crate::frames::NO_LIMIT),

@@ -385,6 +385,7 @@ routes:
                 token: None,
                 token_file: None,
                 max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+                public_reads: false,
             })
         );
         assert_eq!(

@@ -349,6 +349,13 @@ fn routes(
                 names.push(name.clone());
             }
         }
+        // An open route has no users to count: the key would silently do nothing.
+        if r.auth.is_empty() && r.max_connections_per_user.is_some() {
+            problems.push(
+                &under("max_connections_per_user"),
+                "needs auth: an open route has no users to count (add auth: [...] or remove the key)",
+            );
+        }
         if !r.track_frames {
             // These act on frames: without tracking they would silently do nothing.
             for (k, set) in [

@@ -145,6 +145,9 @@ pub struct AdminConfig {
     /// Open admin connections at once; more are closed at accept.
     #[schemars(range(min = 1))]
     pub max_connections: usize,
+    /// Let anyone who reaches the listener read `GET /connections`, `/users` and `/events`
+    /// (otherwise reads follow the rule of mutating calls).
+    pub public_reads: bool,
 }
 
 impl Default for AdminConfig {
@@ -154,6 +157,7 @@ impl Default for AdminConfig {
             token: None,
             token_file: None,
             max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+            public_reads: false,
         }
     }
 }
@@ -166,6 +170,7 @@ impl std::fmt::Debug for AdminConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_file", &self.token_file)
             .field("max_connections", &self.max_connections)
+            .field("public_reads", &self.public_reads)
             .finish()
     }
 }
@@ -368,6 +373,12 @@ pub struct RouteConfig {
     pub ping_timeout: Duration,
     /// Connection events (`connected`/`disconnected`) POSTed to a webhook; absent = none.
     pub events: Option<EventsConfig>,
+    /// Open WebSocket connections one user may hold on this route (authenticated routes
+    /// only); absent = unlimited.
+    #[schemars(range(min = 1))]
+    pub max_connections_per_user: Option<usize>,
+    /// What a login beyond `max_connections_per_user` does: `reject` (409) or `evict_oldest`.
+    pub on_user_limit: OnUserLimit,
 }
 
 impl Default for RouteConfig {
@@ -386,6 +397,8 @@ impl Default for RouteConfig {
             ping_interval: None,
             ping_timeout: Duration::from_secs(20),
             events: None,
+            max_connections_per_user: None,
+            on_user_limit: OnUserLimit::Reject,
         }
     }
 }
@@ -451,6 +464,18 @@ impl std::fmt::Debug for WebhookUrl {
         }
         f.write_str(")")
     }
+}
+
+/// What a handshake over a route's `max_connections_per_user` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUserLimit {
+    /// The new handshake gets 409 Conflict.
+    #[default]
+    Reject,
+    /// The user's oldest connection on the route closes (4002 "logged in elsewhere") and the
+    /// new one proceeds.
+    EvictOldest,
 }
 
 /// How a route with several upstream servers picks one.

@@ -230,6 +230,20 @@ impl Handler {
                 Err(failure) => return (label, Err(auth_refusal(&route, failure))),
             }
         };
+        // Reserved before the upstream is contacted, under the user's lock: of two logins at
+        // once only as many as the limit allows get this far.
+        let user_slot = match (&admission, upgrade) {
+            (Some(a), true) => match self.shared.users.reserve(
+                &route.path,
+                &a.identity.user,
+                route.user_limit,
+                route.metrics.users_online.clone(),
+            ) {
+                Ok(slot) => Some(slot),
+                Err(crate::users::OverLimit) => return (label, Err(Refusal::UserLimit)),
+            },
+            _ => None,
+        };
         let result = if upgrade {
             let client_upgrade = hyper::upgrade::on(&mut req);
             self.forward_upgrade(
@@ -240,7 +254,7 @@ impl Handler {
                 admission,
                 client_ip,
                 started,
-                tunnel_slot,
+                (tunnel_slot, user_slot),
             )
             .await
         } else {
@@ -260,7 +274,7 @@ impl Handler {
         admission: Option<Admission>,
         client_ip: IpAddr,
         started: Instant,
-        tunnel_slot: Option<IpSlot>,
+        (tunnel_slot, user_slot): (Option<IpSlot>, Option<crate::users::UserSlot>),
     ) -> Result<Response<ProxyBody>, Refusal> {
         let (parts, _body) = req.into_parts();
         let up_req = self.upstream_request(
@@ -324,6 +338,9 @@ impl Handler {
         let deadlines = self.shared.deadlines.clone();
         let expires_at = admission.as_ref().and_then(|a| a.identity.expires_at);
         let user = admission.map(|a| a.identity.user);
+        // Boxed: the tunnel's future keeps a pointer, not the slot, so an open route's idle
+        // tunnels don't grow by its size.
+        let user_slot = user_slot.map(Box::new);
         self.shared.tracker.spawn(async move {
             let _held = (permits, server_guard, tunnel_slot);
             // Boxed so the waiting state doesn't stay inline in the tunnel's future for its
@@ -352,6 +369,9 @@ impl Handler {
             }
             let info = Arc::new(info);
             let _listed = registry.insert(info.clone());
+            if let Some(slot) = &user_slot {
+                slot.attach(&info);
+            }
             events.connected(&route, &info);
             if let Some((at, reason)) = deadline(opened, expires_at, &route) {
                 deadlines.add(at, info.id, reason);

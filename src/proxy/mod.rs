@@ -25,6 +25,8 @@ pub struct Shared {
     pub draining: CancellationToken,
     /// Every open tunnel (the drain deadline and the idle sweeper stop them through it).
     pub registry: Arc<Registry>,
+    /// Authenticated connections per (route, user): per-user limits, `GET /users`, kicks.
+    pub users: Arc<crate::users::Users>,
     /// Token-expiry and lifetime deadlines of open tunnels.
     pub deadlines: Arc<crate::deadlines::Deadlines>,
     /// Per-client-IP connection counts and handshake buckets.

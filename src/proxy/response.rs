@@ -55,6 +55,8 @@ pub enum Refusal {
     NotWebSocket,
     /// Upstream too slow.
     GatewayTimeout,
+    /// The user already holds `max_connections_per_user` on the route (`on_user_limit: reject`).
+    UserLimit,
 }
 
 impl Refusal {
@@ -70,6 +72,7 @@ impl Refusal {
             Refusal::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::BadGateway | Refusal::NotWebSocket => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::UserLimit => StatusCode::CONFLICT,
         }
     }
 
@@ -80,7 +83,9 @@ impl Refusal {
             Refusal::NotFound => Outcome::NotFound,
             Refusal::Unauthorized { .. } => Outcome::Unauthorized,
             Refusal::Challenged { .. } => Outcome::Challenged,
-            Refusal::Busy | Refusal::TooManyRequests { .. } => Outcome::Limited,
+            Refusal::Busy | Refusal::TooManyRequests { .. } | Refusal::UserLimit => {
+                Outcome::Limited
+            }
             Refusal::Forbidden => Outcome::Forbidden,
             Refusal::BadGateway => Outcome::UpstreamError,
             Refusal::NotWebSocket => Outcome::UpstreamRejected,
@@ -93,6 +98,10 @@ impl Refusal {
         let status = self.status();
         let text = match &self {
             Refusal::BadRequest(why) => format!("400 Bad Request: {why}\n"),
+            Refusal::UserLimit => {
+                "409 Conflict: this user already has the most connections this route allows\n"
+                    .to_owned()
+            }
             other => format!(
                 "{} {}\n",
                 other.status().as_u16(),
