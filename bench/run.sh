@@ -29,6 +29,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 
+# The run happens in a temp dir: a relative --out means relative to where we were started.
+case "$OUT" in /*|"") ;; *) OUT="$PWD/$OUT" ;; esac
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BENCH="$ROOT/bench"
 if [ "$QUICK" = 1 ]; then

@@ -130,6 +130,7 @@ pub struct UserSlot {
     route: Arc<str>,
     seq: u64,
     online: IntGauge,
+    limit: Option<UserLimit>,
 }
 
 impl Users {
@@ -186,25 +187,14 @@ impl Users {
             }
         };
         let rs = &mut routes[idx];
-        if let Some(limit) = limit {
-            let live = rs.slots.iter().filter(|s| s.live()).count();
-            if live >= limit.max {
-                match limit.on_limit {
-                    // Non-empty here (live >= max >= 1), so nothing to clean up.
-                    OnUserLimit::Reject => return Err(OverLimit),
-                    OnUserLimit::EvictOldest => {
-                        let evict = Stop::plain(StopReason::Evicted);
-                        let mut excess = live + 1 - limit.max;
-                        for slot in rs.slots.iter_mut().filter(|s| s.live()) {
-                            if excess == 0 {
-                                break;
-                            }
-                            slot.stop(&evict);
-                            excess -= 1;
-                        }
-                    }
-                }
-            }
+        // `evict_oldest` makes room only once the new connection is open (`attach`): a login
+        // whose upstream then fails must not have logged the other device out for nothing.
+        if let Some(limit) = limit
+            && limit.on_limit == OnUserLimit::Reject
+            && rs.slots.iter().filter(|s| s.live()).count() >= limit.max
+        {
+            // Non-empty here (live >= max >= 1), so nothing to clean up.
+            return Err(OverLimit);
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         rs.slots.push(Slot {
@@ -217,6 +207,7 @@ impl Users {
             route: rs.route.clone(),
             seq,
             online,
+            limit,
         })
     }
 
@@ -296,6 +287,29 @@ impl UserSlot {
         rs.open += 1;
         if let Some(stop) = pending {
             stop.apply(info);
+            return;
+        }
+        if let Some(limit) = self.limit
+            && limit.on_limit == OnUserLimit::EvictOldest
+        {
+            // Newest wins: of this slot and the older live ones, the oldest beyond the limit
+            // close. Newer logins still opening are left alone: they evict us when they open.
+            let older_live = rs
+                .slots
+                .iter()
+                .filter(|s| s.seq < self.seq && s.live())
+                .count();
+            let mut excess = (older_live + 1).saturating_sub(limit.max);
+            let evict = Stop::plain(StopReason::Evicted);
+            for slot in rs.slots.iter_mut().filter(|s| s.seq < self.seq) {
+                if excess == 0 {
+                    break;
+                }
+                if slot.live() {
+                    slot.stop(&evict);
+                    excess -= 1;
+                }
+            }
         }
     }
 }
@@ -378,7 +392,7 @@ mod tests {
     }
 
     #[test]
-    fn evict_oldest_stops_the_oldest_live_one() {
+    fn evict_oldest_stops_the_oldest_once_the_new_one_is_open() {
         let users = Users::new();
         let g = gauge();
         let lim = limit(1, OnUserLimit::EvictOldest);
@@ -386,25 +400,56 @@ mod tests {
         let ta = tunnel(1, "alice");
         a.attach(&ta);
         let b = users.reserve("/ws", "alice", lim, g.clone()).unwrap();
-        assert_eq!(ta.stop_reason(), Some(StopReason::Evicted));
+        assert_eq!(
+            ta.stop_reason(),
+            None,
+            "evicted before the new login opened"
+        );
         let tb = tunnel(2, "alice");
         b.attach(&tb);
+        assert_eq!(ta.stop_reason(), Some(StopReason::Evicted));
         assert_eq!(tb.stop_reason(), None);
         // `a` is still closing: the next login evicts `b`, not `a` again.
-        let _c = users.reserve("/ws", "alice", lim, g.clone()).unwrap();
+        let c = users.reserve("/ws", "alice", lim, g.clone()).unwrap();
+        c.attach(&tunnel(3, "alice"));
         assert_eq!(tb.stop_reason(), Some(StopReason::Evicted));
     }
 
     #[test]
-    fn an_eviction_before_the_tunnel_opens_is_applied_when_it_does() {
+    fn a_new_login_that_never_opens_evicts_nobody() {
         let users = Users::new();
         let g = gauge();
         let lim = limit(1, OnUserLimit::EvictOldest);
         let a = users.reserve("/ws", "alice", lim, g.clone()).unwrap();
-        let _b = users.reserve("/ws", "alice", lim, g.clone()).unwrap();
+        let ta = tunnel(1, "alice");
+        a.attach(&ta);
+        // The new login's upstream fails (502): its slot is dropped unopened.
+        drop(users.reserve("/ws", "alice", lim, g.clone()).unwrap());
+        assert_eq!(
+            ta.stop_reason(),
+            None,
+            "the working device was logged out for nothing"
+        );
+    }
+
+    #[test]
+    fn of_logins_opening_at_once_the_newest_wins() {
+        let users = Users::new();
+        let g = gauge();
+        let lim = limit(1, OnUserLimit::EvictOldest);
+        let a = users.reserve("/ws", "alice", lim, g.clone()).unwrap();
+        let b = users.reserve("/ws", "alice", lim, g.clone()).unwrap();
+        let c = users.reserve("/ws", "alice", lim, g.clone()).unwrap();
+        // The newest opens first: both older ones are evicted, each as it opens.
+        let tc = tunnel(3, "alice");
+        c.attach(&tc);
         let ta = tunnel(1, "alice");
         a.attach(&ta);
         assert_eq!(ta.stop_reason(), Some(StopReason::Evicted));
+        let tb = tunnel(2, "alice");
+        b.attach(&tb);
+        assert_eq!(tb.stop_reason(), Some(StopReason::Evicted));
+        assert_eq!(tc.stop_reason(), None);
     }
 
     #[test]
