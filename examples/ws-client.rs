@@ -1,8 +1,9 @@
 //! A tiny WebSocket client for trying wsgate:
-//! `cargo run --example ws-client -- [--ca certs/dev.crt] URL [MESSAGE]`.
+//! `cargo run --example ws-client -- [--ca certs/dev.crt] [--stay] URL [MESSAGE]`.
 //!
 //! `user:pass@` in the URL is sent as HTTP Basic. Prints the handshake status, the
-//! server's first message and the echo of MESSAGE.
+//! server's first message and the echo of MESSAGE; with `--stay`, then every message that
+//! arrives (pushes, broadcasts) and the close code and reason, until the connection ends.
 
 use std::sync::Arc;
 
@@ -16,16 +17,20 @@ use tokio_tungstenite::{Connector, connect_async_tls_with_config};
 async fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut ca = None;
+    let stay = args.iter().any(|a| a == "--stay");
+    args.retain(|a| a != "--stay");
     if args.first().map(String::as_str) == Some("--ca") && args.len() > 1 {
         ca = Some(args.remove(1));
         args.remove(0);
     }
     let Some(url) = args.first().cloned() else {
-        eprintln!("usage: ws-client [--ca CERT.pem] ws[s]://[user:pass@]host:port/path [message]");
+        eprintln!(
+            "usage: ws-client [--ca CERT.pem] [--stay] ws[s]://[user:pass@]host:port/path [message]"
+        );
         std::process::exit(2);
     };
     let message = args.get(1).cloned().unwrap_or_else(|| "ping".into());
-    if let Err(e) = run(&url, &message, ca).await {
+    if let Err(e) = run(&url, &message, ca, stay).await {
         eprintln!("ws-client: {e}");
         std::process::exit(1);
     }
@@ -35,6 +40,7 @@ async fn run(
     url: &str,
     message: &str,
     ca: Option<String>,
+    stay: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let parsed: http::Uri = url.parse()?;
     let authority = parsed
@@ -91,6 +97,24 @@ async fn run(
     ws.send(Message::text(message)).await?;
     if let Some(Ok(echo)) = ws.next().await {
         println!("echo: {echo}");
+    }
+    if stay {
+        while let Some(msg) = ws.next().await {
+            match msg? {
+                Message::Close(Some(f)) => {
+                    println!("closed: {} {}", u16::from(f.code), f.reason);
+                    return Ok(());
+                }
+                Message::Close(None) => {
+                    println!("closed");
+                    return Ok(());
+                }
+                Message::Text(t) => println!("server says: {t}"),
+                Message::Binary(b) => println!("server says: {} bytes", b.len()),
+                _ => {}
+            }
+        }
+        return Ok(());
     }
     ws.close(None).await?;
     Ok(())
