@@ -1542,7 +1542,11 @@ mod frame_tests {
         let tunnel = tokio::spawn({
             let info = info.clone();
             async move {
-                let opts = SessionOptions::default();
+                // Long, so a test can tell "ended on the answers" from "waited it out".
+                let opts = SessionOptions {
+                    close_wait: Duration::from_secs(30),
+                    ..SessionOptions::default()
+                };
                 splice(gc, gu, &rm, info, &opts, false).await
             }
         });
@@ -1633,7 +1637,7 @@ mod frame_tests {
             .write_all(&close_frame(4000, "", None))
             .await
             .unwrap();
-        let report = tokio::time::timeout(Duration::from_millis(900), r.tunnel)
+        let report = tokio::time::timeout(Duration::from_secs(10), r.tunnel)
             .await
             .expect("tunnel waited for close_wait although both answered")
             .unwrap();
