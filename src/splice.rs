@@ -768,8 +768,8 @@ impl Direction {
         self.state == DirState::Done
     }
 
-    /// Writes out `pending` (used once at the end, before the shutdown).
-    fn flush_pending<W: AsyncWrite + Unpin>(
+    /// Writes out `pending`, if any.
+    fn write_pending<W: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         w: &mut W,
@@ -785,6 +785,16 @@ impl Direction {
             }
             self.pending = None;
         }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes out `pending` and flushes (used once at the end, before the shutdown).
+    fn flush_pending<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &mut W,
+    ) -> Poll<io::Result<()>> {
+        ready!(self.write_pending(cx, w))?;
         Pin::new(&mut *w).poll_flush(cx)
     }
 
@@ -827,17 +837,7 @@ impl Direction {
             want = None;
         }
         loop {
-            if let Some(pending) = &mut self.pending {
-                let (buf, off) = &mut **pending;
-                while *off < buf.len() {
-                    let n = ready!(Pin::new(&mut *w).poll_write(cx, &buf[*off..]))?;
-                    if n == 0 {
-                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                    }
-                    *off += n;
-                }
-                self.pending = None;
-            }
+            ready!(self.write_pending(cx, w))?;
             // A frame goes in as soon as the stream rests at a suitable boundary.
             if let Some(wnt) = want
                 && self.state != DirState::Done
