@@ -11,6 +11,7 @@ mod htpasswd;
 mod jwt;
 mod limiter;
 pub mod mint;
+mod sources;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -199,18 +200,17 @@ impl Authenticator {
         }
     }
 
-    /// Removes the credentials this authenticator reads from what goes upstream: the
-    /// `Authorization` header and its query parameter, today.
+    /// Removes the credentials this authenticator reads from what goes upstream: Basic's
+    /// `Authorization` header, a JWT's every source (`from:`).
     fn strip_credentials(&self, headers: &mut HeaderMap, query: &mut Option<String>) {
         match &self.kind {
             Kind::Basic(_) => {
                 headers.remove(http::header::AUTHORIZATION);
             }
             Kind::Jwt(j) => {
-                headers.remove(http::header::AUTHORIZATION);
-                *query = query
-                    .take()
-                    .and_then(|q| strip_query_param(&q, j.query_param()));
+                for source in j.sources() {
+                    sources::strip(source, headers, query);
+                }
             }
         }
     }
@@ -255,10 +255,13 @@ impl RouteAuth {
 
     /// Query parameters that carry credentials on this route (every JWT authenticator's).
     pub fn credential_query_params(&self) -> impl Iterator<Item = &str> {
-        self.auths.iter().filter_map(|a| match &a.kind {
-            Kind::Jwt(j) => Some(j.query_param()),
-            Kind::Basic(_) => None,
-        })
+        self.auths
+            .iter()
+            .flat_map(|a| match &a.kind {
+                Kind::Jwt(j) => Some(j.query_params()),
+                Kind::Basic(_) => None,
+            })
+            .flatten()
     }
 
     /// Refuses a query a backend could read a second credential from, on a route that reads

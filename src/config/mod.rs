@@ -19,6 +19,7 @@ mod jwt_rules;
 mod leaf;
 mod schema;
 mod semantic;
+mod token_sources;
 mod types;
 mod validate;
 mod warnings;
@@ -29,6 +30,7 @@ pub use types::*;
 pub use warnings::warnings;
 
 pub(crate) use jwt_rules::{PublicFamily, VerifyKey, check as check_jwt};
+pub(crate) use token_sources::resolve as resolve_token_sources;
 
 use std::fmt;
 use std::path::Path;

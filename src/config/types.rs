@@ -263,6 +263,48 @@ pub struct JwtConfig {
     #[serde(with = "leaf::opt_duration")]
     #[schemars(with = "Option<leaf::DurationStr>")]
     pub max_token_age: Option<Duration>,
+    /// Where the token is read, each a one-key map: `query: NAME`, `header: NAME`,
+    /// `cookie: NAME`, `subprotocol: PREFIX`; default `[query: <query_param>, header: Authorization]`.
+    pub from: Option<Vec<TokenSourceConfig>>,
+}
+
+/// One place a JWT may be read from (exactly one key set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenSourceConfig {
+    /// A query parameter (removed before forwarding, look-alikes refused).
+    #[schemars(with = "Option<leaf::QueryParam>")]
+    pub query: Option<String>,
+    /// A request header; `Authorization` means its `Bearer` scheme.
+    #[schemars(with = "Option<leaf::NonEmpty>")]
+    pub header: Option<String>,
+    /// A cookie of the `Cookie` header (only it is removed; the others go on byte-exact).
+    #[schemars(with = "Option<leaf::NonEmpty>")]
+    pub cookie: Option<String>,
+    /// A `Sec-WebSocket-Protocol` entry starting with this prefix; base64url-decoded when the
+    /// prefix starts with `base64url.` (the Kubernetes convention).
+    #[schemars(with = "Option<leaf::NonEmpty>")]
+    pub subprotocol: Option<String>,
+}
+
+/// A validated token source (see [`TokenSourceConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `?NAME=token`.
+    Query(String),
+    /// `Authorization: Bearer token`.
+    Bearer,
+    /// `NAME: token` (any other header, lower-case name).
+    Header(http::HeaderName),
+    /// `Cookie: NAME=token`.
+    Cookie(String),
+    /// `Sec-WebSocket-Protocol: PREFIXtoken`; `base64url`: the rest is base64url of the token.
+    Subprotocol {
+        /// The entry's prefix.
+        prefix: String,
+        /// Whether the rest is base64url-encoded.
+        base64url: bool,
+    },
 }
 
 impl Default for JwtConfig {
@@ -279,6 +321,7 @@ impl Default for JwtConfig {
             leeway: Duration::from_secs(30),
             max_token_bytes: 8192,
             max_token_age: None,
+            from: None,
         }
     }
 }
