@@ -180,6 +180,26 @@ async fn subprotocol_token_reaches_nobody_and_the_101_names_the_real_subprotocol
     )
     .await;
     assert_eq!(status, 401);
+    // A well-formed token signed with another key is a bad signature, not malformed.
+    let forged = jwt_with(
+        json!({"sub": "carol"}),
+        "not-the-gateway-secret-0123456789abcdef",
+        jsonwebtoken::Algorithm::HS256,
+    );
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged);
+    let (status, _) = upgrade(
+        &gate,
+        "/proto",
+        &[("Sec-WebSocket-Protocol", format!("{K8S}{forged}, chat"))],
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        gate.metric(r#"wsgate_auth_failures_total{reason="bad_signature",route="/proto"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(malformed(&gate, "/proto").await, 1.0, "only the %%% one");
     assert_eq!(up.count(), before);
 }
 
