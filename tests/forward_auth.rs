@@ -297,7 +297,7 @@ async fn service_failures_are_503_auth_unavailable() {
     let up = echo_upstream().await;
     let gate = gate_for(&auth, &up, "    timeout: 300ms").await;
     for cookie in ["boom", "slow", "nouser"] {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let (status, _, _) = http_request(
             gate.addr(),
             &upgrade_request("/ws", &format!("Cookie: session={cookie}\r\n")),
@@ -402,7 +402,7 @@ async fn over_the_concurrency_bound_is_503_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(auth.calls(), 1);
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let (status, head, _) = http_request(
         gate.addr(),
         &upgrade_request("/ws", "Cookie: session=alice\r\n"),

@@ -180,7 +180,7 @@ enum Kind {
     /// JWT (query parameter or Bearer).
     Jwt(jwt::Jwt),
     /// An HTTP auth service asked about each request.
-    Forward(forward::Forward),
+    Forward(Box<forward::Forward>),
 }
 
 impl Authenticator {
@@ -193,7 +193,7 @@ impl Authenticator {
         let kind = match cfg {
             AuthConfig::Basic(b) => Kind::Basic(basic::Basic::build(b, hash_limiter)?),
             AuthConfig::Jwt(j) => Kind::Jwt(jwt::Jwt::build(j)?),
-            AuthConfig::Forward(f) => Kind::Forward(forward::Forward::build(f)?),
+            AuthConfig::Forward(f) => Kind::Forward(Box::new(forward::Forward::build(f)?)),
         };
         Ok(Authenticator {
             name: name.to_owned(),
