@@ -500,3 +500,121 @@ routes:
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+/// The handshake cost a cached forward-auth answer adds (issue 11: under 20 µs), against an
+/// open route (no check at all) and an uncached check (a round-trip to the loopback service
+/// on a pooled connection). Prints the figures for bench/RESULTS.md; run with
+/// `cargo test --release --test forward_auth -- --ignored --nocapture cached_hit_cost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+#[ignore = "a measurement: run by hand in release mode"]
+async fn cached_hit_cost() {
+    use wsgate::auth::{AuthRequest, Authenticator, HashLimiter, RouteAuth};
+    let auth = auth_service().await;
+    let url = format!("http://{}/auth", auth.addr);
+    let yaml = format!(
+        "listeners: [{{bind: \"127.0.0.1:0\"}}]\nauth:\n  app:\n    type: forward\n    url: \"{url}\"\n    user_header: X-User\n    copy_headers: [X-Auth-Roles]\n    cache_ttl: 1h\nroutes:\n  - path: /ws\n    upstream: ws://127.0.0.1:9\n    auth: [app]\n"
+    );
+    let config = wsgate::config::parse_str(
+        &yaml,
+        std::path::Path::new("b.yaml"),
+        std::path::Path::new("."),
+        &|_| None,
+    )
+    .unwrap();
+    let build = || {
+        let a = Authenticator::build("app", &config.auth["app"], Arc::new(HashLimiter::new(1)))
+            .unwrap();
+        RouteAuth::new(vec![Arc::new(a)])
+    };
+    let route = build();
+    let open = RouteAuth::default();
+    let mut headers = HeaderMap::new();
+    for (k, v) in [
+        ("host", "chat.example.com"),
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("origin", "https://chat.example.com"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0 Safari/537.36",
+        ),
+        (
+            "cookie",
+            "theme=dark; session=s%3AqY3Jm1Zt0v8n2kR6xWpLh4aBcDeFgHiJ.Xk9pQ2rS7tUvW1xYz3aB5cD7eF9gH1iJ2kL4mN6oP8",
+        ),
+    ] {
+        headers.insert(k, v.parse().unwrap());
+    }
+    let uri: http::Uri = "/ws/chat?room=1".parse().unwrap();
+    let req = AuthRequest {
+        method: &http::Method::GET,
+        uri: &uri,
+        headers: &headers,
+        client: None,
+        client_ip: "203.0.113.9".parse().unwrap(),
+        tls: true,
+        peer: "203.0.113.9".parse().unwrap(),
+        trusted_proxies: None,
+    };
+    // The work a handshake does after an admission: strip, then set the answer's headers.
+    let upstream = |admission: &wsgate::auth::Admission| {
+        let mut h = headers.clone();
+        let mut q = Some("room=1".to_owned());
+        route.prepare_upstream(admission, &mut h, &mut q);
+        h.len()
+    };
+    const N: u32 = 100_000;
+    let first = route.judge(&req).await.expect("admitted");
+    assert_eq!(auth.calls(), 1);
+
+    let t = tokio::time::Instant::now();
+    let mut n = 0usize;
+    for _ in 0..N {
+        n += usize::from(open.is_open());
+        n += headers.clone().len();
+    }
+    let open_ns = t.elapsed().as_nanos() as f64 / f64::from(N);
+
+    let t = tokio::time::Instant::now();
+    for _ in 0..N {
+        let a = route.judge(&req).await.expect("cached");
+        n += upstream(&a);
+    }
+    let cached_ns = t.elapsed().as_nanos() as f64 / f64::from(N);
+    assert_eq!(auth.calls(), 1, "the cached loop asked the service");
+
+    // No cache: every check is a round-trip to the service (pooled connection).
+    let uncached = {
+        let yaml = yaml.replace("cache_ttl: 1h", "cache_ttl: 0s");
+        let c = wsgate::config::parse_str(
+            &yaml,
+            std::path::Path::new("b.yaml"),
+            std::path::Path::new("."),
+            &|_| None,
+        )
+        .unwrap();
+        let a = Authenticator::build("app", &c.auth["app"], Arc::new(HashLimiter::new(1))).unwrap();
+        RouteAuth::new(vec![Arc::new(a)])
+    };
+    const M: u32 = 2_000;
+    uncached.judge(&req).await.expect("admitted");
+    let t = tokio::time::Instant::now();
+    for _ in 0..M {
+        let a = uncached.judge(&req).await.expect("admitted");
+        n += upstream(&a);
+    }
+    let uncached_ns = t.elapsed().as_nanos() as f64 / f64::from(M);
+    assert!(n > 0);
+    println!(
+        "forward auth per handshake: open route {:.2} µs (header clone only), cached hit {:.2} µs \
+         (judge + prepare_upstream; added {:.2} µs), uncached {:.1} µs (loopback round-trip); \
+         first answer: {}",
+        open_ns / 1e3,
+        cached_ns / 1e3,
+        (cached_ns - open_ns) / 1e3,
+        uncached_ns / 1e3,
+        first.identity.user
+    );
+}
