@@ -3,8 +3,8 @@
 //! ```text
 //!  listener ──► proxy_protocol ──► tls ──► proxy::conn ──► proxy::handler ──► route ──► auth ──► balance/upstream ──► splice
 //!  (accept,     (opt-in PROXY      (rustls,  (hyper h1,     (request phases:    (prefix   (basic,   (pick a server,        (one future,
-//!   permits,     v1/v2 header)      timeout)  upgrades,      origin, rate,       match)    jwt)      connect, forward,      both ways,
-//!   limits)                                   drain)         refusals via                            101 check)             registry entry)
+//!   permits,     v1/v2 header)      timeout)  upgrades,      origin, rate,       match)    jwt,      connect, forward,      both ways,
+//!   limits)                                   drain)         refusals via                  forward)  101 check)             registry entry)
 //!                                                            proxy::response)
 //!  side channels: metrics (handles), admin (/metrics /healthz /readyz, POST /reload, GET /events),
 //!                 tracing logs, events (connected/disconnected: route webhooks, SSE hub),

@@ -642,7 +642,7 @@ routes:
         has(
             &e,
             "auth.t.type",
-            "unknown authenticator type \"ldap\" (expected one of: basic, jwt)",
+            "unknown authenticator type \"ldap\" (expected one of: basic, jwt, forward)",
         );
         has(&e, "auth.n.type", "required");
         has(&e, "auth.s", "expected a map");

@@ -189,6 +189,59 @@ pub enum AuthConfig {
     Basic(BasicConfig),
     /// A JWT from a query parameter or `Authorization: Bearer`.
     Jwt(JwtConfig),
+    /// Asks an HTTP auth service about each request, as nginx's `auth_request` does.
+    Forward(ForwardConfig),
+}
+
+/// `type: forward`.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(extend("required" = ["url", "user_header"]))]
+pub struct ForwardConfig {
+    /// http:// or https:// URL of the auth service; a 2xx answer admits.
+    #[serde(with = "leaf::auth_url")]
+    #[schemars(with = "leaf::AuthUrlStr")]
+    pub url: WebhookUrl,
+    /// Method of the auth request (it never carries a body).
+    #[schemars(with = "leaf::HttpMethod")]
+    pub method: String,
+    /// Response header naming the user (copied upstream too); a 2xx without it is a 503.
+    #[schemars(with = "leaf::UpstreamHeader")]
+    pub user_header: String,
+    /// More response headers copied onto the upstream request (client copies removed).
+    #[schemars(with = "Vec<leaf::UpstreamHeader>")]
+    pub copy_headers: Vec<String>,
+    /// How long the auth service may take to answer (connect included); then 503.
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::PositiveDuration")]
+    pub timeout: Duration,
+    /// How long a 2xx answer is reused for the same credentials and URI (0s = off).
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::DurationStr")]
+    pub cache_ttl: Duration,
+    /// Auth requests in flight at once; more are refused at once with 503.
+    #[schemars(range(min = 1))]
+    pub max_concurrent: usize,
+    /// CA file trusted for an https:// auth service instead of the system roots.
+    #[schemars(with = "Option<leaf::FilePath>")]
+    pub ca: Option<PathBuf>,
+}
+
+impl Default for ForwardConfig {
+    // `url` and `user_header` are required: the empty values are only placeholders while
+    // problems are collected.
+    fn default() -> Self {
+        Self {
+            url: WebhookUrl::default(),
+            method: "GET".into(),
+            user_header: String::new(),
+            copy_headers: Vec::new(),
+            timeout: Duration::from_secs(2),
+            cache_ttl: Duration::ZERO,
+            max_concurrent: 64,
+            ca: None,
+        }
+    }
 }
 
 /// `type: basic`.
