@@ -12,8 +12,11 @@ mod jwt;
 mod limiter;
 pub mod mint;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 pub use limiter::{ACQUIRE_TIMEOUT, HashLimiter, WAITERS_PER_PERMIT};
 
@@ -29,14 +32,42 @@ pub struct Identity {
     pub expires_at: Option<SystemTime>,
 }
 
+/// What an authenticator may look at: the request as routed (its URI carries the canonical
+/// path), who sent it, and over what.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthRequest<'a> {
+    /// The request method (`GET` for an HTTP/1.1 upgrade, `CONNECT` for an HTTP/2 one).
+    pub method: &'a Method,
+    /// The canonical request target, query included.
+    pub uri: &'a Uri,
+    /// The client's headers, as received.
+    pub headers: &'a HeaderMap,
+    /// The client, for per-client shares (password hashes); `None` in unit tests.
+    pub client: Option<ClientKey>,
+    /// The client's address (after trusted-proxy resolution).
+    pub client_ip: IpAddr,
+    /// Whether the client connection is TLS (`X-Forwarded-Proto`).
+    pub tls: bool,
+}
+
+impl<'a> AuthRequest<'a> {
+    /// The raw query string, if any.
+    pub fn query(&self) -> Option<&'a str> {
+        self.uri.query()
+    }
+}
+
 /// A successful check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admission {
     /// Who was admitted.
     pub identity: Identity,
-    /// Name of the authenticator that admitted; issue 11 (claims to headers) applies this
-    /// authenticator's claim mapping.
+    /// Name of the authenticator that admitted.
     pub authenticator: String,
+    /// Headers the admitting authenticator sets on the upstream request (claims, forward-auth
+    /// answers). The client's copies of every name any of the route's authenticators owns
+    /// ([`RouteAuth::owned_headers`]) are removed first, so none can be spoofed.
+    pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Why a request was refused; `reason()` gives the metric label.
@@ -143,24 +174,69 @@ impl Authenticator {
         headers: &http::HeaderMap,
         query: Option<&str>,
     ) -> Result<Admission, AuthFailure> {
-        self.check_from(headers, query, None).await
+        let uri = test_uri(query);
+        self.check_request(&test_request(headers, &uri)).await
     }
 
-    /// Judges the request; a password hash counts against `client`'s share of the hash limiter.
-    pub async fn check_from(
-        &self,
-        headers: &http::HeaderMap,
-        query: Option<&str>,
-        client: Option<ClientKey>,
-    ) -> Result<Admission, AuthFailure> {
+    /// Judges the request; a password hash counts against the client's share of the hash
+    /// limiter.
+    pub async fn check_request(&self, req: &AuthRequest<'_>) -> Result<Admission, AuthFailure> {
         let identity = match &self.kind {
-            Kind::Basic(b) => b.check_from(headers, client).await?,
-            Kind::Jwt(j) => j.check(headers, query)?,
+            Kind::Basic(b) => b.check_from(req.headers, req.client).await?,
+            Kind::Jwt(j) => j.check(req.headers, req.query())?,
         };
         Ok(Admission {
             identity,
             authenticator: self.name.clone(),
+            upstream_headers: Vec::new(),
         })
+    }
+
+    /// Header names this authenticator sets on upstream requests; client copies are removed.
+    pub fn owned_headers(&self) -> &[HeaderName] {
+        match &self.kind {
+            Kind::Basic(_) | Kind::Jwt(_) => &[],
+        }
+    }
+
+    /// Removes the credentials this authenticator reads from what goes upstream: the
+    /// `Authorization` header and its query parameter, today.
+    fn strip_credentials(&self, headers: &mut HeaderMap, query: &mut Option<String>) {
+        match &self.kind {
+            Kind::Basic(_) => {
+                headers.remove(http::header::AUTHORIZATION);
+            }
+            Kind::Jwt(j) => {
+                headers.remove(http::header::AUTHORIZATION);
+                *query = query
+                    .take()
+                    .and_then(|q| strip_query_param(&q, j.query_param()));
+            }
+        }
+    }
+}
+
+/// A request target carrying `query`, for unit tests.
+#[cfg(test)]
+fn test_uri(query: Option<&str>) -> Uri {
+    match query {
+        Some(q) => format!("/?{q}")
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/")),
+        None => Uri::from_static("/"),
+    }
+}
+
+/// A GET from 127.0.0.1 over plain TCP, for unit tests.
+#[cfg(test)]
+fn test_request<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> AuthRequest<'a> {
+    AuthRequest {
+        method: &Method::GET,
+        uri,
+        headers,
+        client: None,
+        client_ip: IpAddr::from([127, 0, 0, 1]),
+        tls: false,
     }
 }
 
@@ -246,21 +322,17 @@ impl RouteAuth {
         headers: &http::HeaderMap,
         query: Option<&str>,
     ) -> Result<Admission, AuthFailure> {
-        self.check_from(headers, query, None).await
+        let uri = test_uri(query);
+        self.check_request(&test_request(headers, &uri)).await
     }
 
-    /// Judges the request of `client` as `check` does: a password hash counts
-    /// against its share, and `TooMany` (it should back off) wins over `Busy`.
-    pub async fn check_from(
-        &self,
-        headers: &http::HeaderMap,
-        query: Option<&str>,
-        client: Option<ClientKey>,
-    ) -> Result<Admission, AuthFailure> {
+    /// Judges the request as `check` does: a password hash counts against the client's
+    /// share, and `TooMany` (it should back off) wins over `Busy`.
+    pub async fn check_request(&self, req: &AuthRequest<'_>) -> Result<Admission, AuthFailure> {
         let mut judged: Option<AuthFailure> = None;
         let mut busy = None;
         for a in &self.auths {
-            match a.check_from(headers, query, client).await {
+            match a.check_request(req).await {
                 Ok(admission) => return Ok(admission),
                 Err(AuthFailure::Missing) => {}
                 Err(f @ (AuthFailure::Busy | AuthFailure::TooMany)) => {
@@ -277,6 +349,33 @@ impl RouteAuth {
             return Err(busy);
         }
         Err(judged.unwrap_or(AuthFailure::Missing))
+    }
+
+    /// Header names some authenticator of this route sets upstream (see
+    /// [`Admission::upstream_headers`]).
+    pub fn owned_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        self.auths.iter().flat_map(|a| a.owned_headers())
+    }
+
+    /// Prepares what goes upstream after an admission: every credential the route
+    /// understands is removed, not only the one that admitted (a Basic password sent
+    /// alongside a valid token must not reach the backend, nor a second identity); client
+    /// copies of owned headers are removed; the admitting authenticator's headers are set.
+    pub fn prepare_upstream(
+        &self,
+        admission: &Admission,
+        headers: &mut HeaderMap,
+        query: &mut Option<String>,
+    ) {
+        for a in &self.auths {
+            a.strip_credentials(headers, query);
+        }
+        for name in self.owned_headers() {
+            headers.remove(name);
+        }
+        for (name, value) in &admission.upstream_headers {
+            headers.append(name.clone(), value.clone());
+        }
     }
 }
 
@@ -459,6 +558,20 @@ pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
         .filter(|p| !p.is_empty() && !matches(p))
         .collect();
     (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+/// One advice line per user of an htpasswd file whose hash is weak (apr1, `{SHA}`), naming
+/// the line and user but never the hash.
+pub fn weak_htpasswd_users(bytes: &[u8]) -> Vec<String> {
+    htpasswd::weak_users(bytes)
+        .into_iter()
+        .map(|(line, user, scheme)| {
+            format!(
+                "line {line}: user {user:?} has a weak {scheme} hash, fast to crack if the \
+                 file leaks; re-hash it with `wsgate hash-password`"
+            )
+        })
+        .collect()
 }
 
 /// Why `hash_password` failed.

@@ -262,10 +262,15 @@ impl Handler {
         let admission = if route.auth.is_open() {
             None
         } else {
-            let auth = route
-                .auth
-                .check_from(req.headers(), req.uri().query(), Some(key));
-            match auth.await {
+            let auth_req = crate::auth::AuthRequest {
+                method: req.method(),
+                uri: req.uri(),
+                headers: req.headers(),
+                client: Some(key),
+                client_ip,
+                tls: self.client.tls,
+            };
+            match route.auth.check_request(&auth_req).await {
                 Ok(a) => Some(a),
                 Err(AuthFailure::Busy) => return (label, Err(Refusal::Busy)),
                 Err(AuthFailure::TooMany) => {
@@ -581,13 +586,7 @@ impl Handler {
         strip_hop_by_hop(&mut headers);
         headers.remove(X_AUTH_USER);
         if let Some(a) = admission {
-            // Every credential the route understands is removed, not only the one that
-            // admitted: a Basic password sent alongside a valid token must not reach the
-            // backend, nor a second identity.
-            headers.remove(header::AUTHORIZATION);
-            for name in route_auth.credential_query_params() {
-                query = query.and_then(|q| crate::auth::strip_query_param(&q, name));
-            }
+            route_auth.prepare_upstream(a, &mut headers, &mut query);
             let user = HeaderValue::from_str(&a.identity.user)
                 .map_err(|_| Refusal::BadRequest("identity not representable in a header"))?;
             headers.insert(X_AUTH_USER, user);
