@@ -1019,6 +1019,168 @@ fn chromium_basic_challenge_token_and_wss() {
     assert_eq!(c["proto"], "https", "{c}");
 }
 
+/// RFC 8441 in a real browser: a page loaded over HTTPS from the gateway (HTTP/2 by ALPN)
+/// opens several wss:// WebSockets at once on that origin; Chromium carries them as extended
+/// CONNECT streams on the page's own connection, and the gateway's metrics say so.
+#[test]
+fn chromium_holds_several_websockets_on_one_http2_connection() {
+    if !ready(
+        "chromium_holds_several_websockets_on_one_http2_connection",
+        [common::Tool::File(PathBuf::from("/usr/bin/chromium"))],
+    ) {
+        return;
+    }
+    need(Path::new("/usr/bin/chromium"));
+    let logs = logs();
+    let port = free_port();
+    let pages = backend(
+        "page_server",
+        node("page_server.js", &[&port.to_string()]),
+        logs.path(),
+    );
+    let gate = Gate::start(
+        &(route("/page", port, "")
+            + &route("/basic", port, "users")
+            + &route("/token", port, "jwt")),
+    );
+    let spki = spki_of(gate.dir.path());
+    let token = common::jwt(json!({"sub": "frank"}));
+    let profile = tempfile::tempdir().unwrap();
+    let t = gate.tls;
+    let args = [
+        profile.path().display().to_string(),
+        format!("https://{t}/page/index.html"),
+        format!("wss://{t}/token/h2-a?token={token}"),
+        format!("wss://{t}/token/h2-b?token={token}"),
+        format!("wss://{USER}:{PASS}@{t}/basic/h2-c"),
+        "--spki".into(),
+        spki,
+    ];
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Chromium's own record of its HTTP/2 sessions: which requests went on which connection.
+    let netlog = logs.path().join("chromium-netlog.json");
+    let mut cmd = node("browser_many.js", &refs);
+    cmd.env("NETLOG", &netlog);
+    let v = run_client("chromium_h2", cmd, logs.path(), Duration::from_secs(60));
+    assert!(v.get("fatal").is_none(), "{v}");
+    assert_eq!(v["pageStatus"], 200, "{v}");
+    assert_eq!(
+        v["httpVersion"], "h2",
+        "the page itself came over HTTP/2: {v}"
+    );
+    for r in v["results"].as_array().unwrap() {
+        assert_eq!(r["opened"], true, "{v}");
+        assert_eq!(r["openWhenAllEchoed"], true, "all held open at once: {v}");
+        assert_eq!(r["messages"][0], "hello from page server", "{v}");
+        assert_eq!(r["closeCode"], 1000, "{v}");
+    }
+    let c = pages.wait_event("connection", |c| c["url"] == "/basic/h2-c");
+    assert_eq!(c["user"], "alice", "{c}");
+    assert_eq!(c["proto"], "https", "{c}");
+    let c = pages.wait_event("connection", |c| c["url"] == "/token/h2-a");
+    assert_eq!(c["user"], "frank", "{c}");
+
+    let h2 = gate.metric("wsgate_upgrades_by_protocol_total", &[("protocol", "h2")]);
+    let h1 = gate.metric(
+        "wsgate_upgrades_by_protocol_total",
+        &[("protocol", "http1")],
+    );
+    assert_eq!((h2, h1), (3.0, 0.0), "upgrades over h2 / http1");
+    // Chromium preconnects a spare socket or two, so the gateway may count more than one h2
+    // connection; its net log says which one carried what.
+    let conns = gate.metric(
+        "wsgate_client_connections_by_protocol_total",
+        &[("protocol", "h2")],
+    );
+    let h1_conns = gate.metric(
+        "wsgate_client_connections_by_protocol_total",
+        &[("protocol", "http1")],
+    );
+    assert!(
+        conns >= 1.0 && h1_conns == 0.0,
+        "h2 {conns}, http1 {h1_conns}"
+    );
+    let sessions = http2_sessions(&netlog);
+    let used: Vec<_> = sessions.values().filter(|h| !h.is_empty()).collect();
+    assert_eq!(
+        used.len(),
+        1,
+        "one HTTP/2 session carried requests: {sessions:?}"
+    );
+    let heads = used[0];
+    assert!(
+        heads
+            .iter()
+            .any(|h| h.contains(":method: GET") && h.contains(":path: /page/index.html")),
+        "{heads:?}"
+    );
+    let connects: Vec<&String> = heads
+        .iter()
+        .filter(|h| h.contains(":method: CONNECT") && h.contains(":protocol: websocket"))
+        .collect();
+    // The Basic one twice: bare, refused with the challenge (a 401 on its stream), then with
+    // the credentials, on the same connection.
+    let mut paths: Vec<(&str, bool)> = connects
+        .iter()
+        .filter_map(|h| {
+            let path = h.lines().find_map(|l| l.strip_prefix(":path: "))?;
+            let path = path.split('?').next().unwrap_or(path);
+            Some((path, h.contains("\nauthorization:")))
+        })
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            ("/basic/h2-c", false),
+            ("/basic/h2-c", true),
+            ("/token/h2-a", false),
+            ("/token/h2-b", false)
+        ],
+        "{heads:?}"
+    );
+    let challenged = gate.metric(
+        "wsgate_handshakes_total",
+        &[("route", "/basic"), ("outcome", "challenged")],
+    );
+    assert_eq!(challenged, 1.0);
+}
+
+/// Chromium's net log (`--log-net-log`): the request headers sent on each HTTP/2 session, by
+/// session id, one string of `name: value` lines per request.
+fn http2_sessions(netlog: &Path) -> std::collections::BTreeMap<u64, Vec<String>> {
+    let text = std::fs::read_to_string(netlog).expect("Chromium wrote no net log");
+    // Chromium writes one event per line and closes the list at exit; a browser stopped
+    // before that leaves the log cut after some event: keep the complete ones.
+    let log: Value = serde_json::from_str(&text)
+        .or_else(|_| {
+            let end = text.rfind("},\n").map_or(0, |i| i + 1);
+            serde_json::from_str(&format!("{}]}}", &text[..end]))
+        })
+        .unwrap_or_else(|e| panic!("net log is not JSON ({e}): {} bytes", text.len()));
+    let id_of = |kind: &str| log["constants"]["logEventTypes"][kind].as_u64().unwrap();
+    let (session, send_headers) = (id_of("HTTP2_SESSION"), id_of("HTTP2_SESSION_SEND_HEADERS"));
+    let mut sessions = std::collections::BTreeMap::new();
+    for e in log["events"].as_array().unwrap() {
+        let Some(source) = e["source"]["id"].as_u64() else {
+            continue;
+        };
+        let kind = e["type"].as_u64();
+        if kind == Some(session) {
+            sessions.entry(source).or_insert_with(Vec::new);
+        } else if kind == Some(send_headers) {
+            let lines: Vec<&str> = e["params"]["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            sessions.entry(source).or_default().push(lines.join("\n"));
+        }
+    }
+    sessions
+}
+
 /// base64(sha256(SPKI)) of the gateway's certificate, via openssl.
 fn spki_of(dir: &Path) -> String {
     let out = Command::new("sh")

@@ -1076,6 +1076,40 @@ routes:
     }
 
     #[test]
+    fn http2_keys_defaults_and_errors() {
+        let c = ok(
+            "listeners:\n  - bind: \"127.0.0.1:8443\"\nroutes:\n  - {path: /ws, upstream: ws://127.0.0.1:3001}\n",
+        );
+        assert!(c.listeners[0].http2.enabled, "h2 is offered by default");
+        assert_eq!(c.listeners[0].http2.max_concurrent_streams, 100);
+        let c = ok(r#"
+listeners:
+  - bind: "127.0.0.1:8443"
+    http2: {enabled: false, max_concurrent_streams: 7}
+routes:
+  - {path: /ws, upstream: ws://127.0.0.1:3001}
+"#);
+        assert!(!c.listeners[0].http2.enabled);
+        assert_eq!(c.listeners[0].http2.max_concurrent_streams, 7);
+        let e = errs(
+            r#"
+listeners:
+  - bind: "127.0.0.1:8443"
+    http2: {enabled: 1, max_concurrent_streams: 0, window: 5}
+routes:
+  - {path: /ws, upstream: ws://127.0.0.1:3001}
+"#,
+        );
+        has(&e, "listeners[0].http2.enabled", "true or false");
+        has(
+            &e,
+            "listeners[0].http2.max_concurrent_streams",
+            "positive integer",
+        );
+        has(&e, "listeners[0].http2.window", "unknown key");
+    }
+
+    #[test]
     fn hardening_key_errors() {
         let yaml = r#"
 listeners:

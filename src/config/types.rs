@@ -101,6 +101,8 @@ pub struct ListenerConfig {
     pub tls: Option<TlsFiles>,
     /// Expect a PROXY protocol v1/v2 header before anything else.
     pub proxy_protocol: bool,
+    /// HTTP/2 on a TLS listener (ALPN `h2`, WebSockets by RFC 8441); ignored without `tls`.
+    pub http2: Http2Config,
 }
 
 impl Default for ListenerConfig {
@@ -110,6 +112,27 @@ impl Default for ListenerConfig {
             bind: leaf::PLACEHOLDER_ADDR,
             tls: None,
             proxy_protocol: false,
+            http2: Http2Config::default(),
+        }
+    }
+}
+
+/// HTTP/2 on a TLS listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http2Config {
+    /// Offer `h2` by ALPN beside `http/1.1` (browsers then carry wss:// on the page's connection).
+    pub enabled: bool,
+    /// Streams (WebSockets and requests) one HTTP/2 connection may have open at once.
+    #[schemars(range(min = 1))]
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_concurrent_streams: 100,
         }
     }
 }
