@@ -580,7 +580,9 @@ impl RouteMetrics {
 }
 
 /// The `reason` label values of `wsgate_auth_failures_total` (the contract's list).
-pub const AUTH_FAILURE_REASONS: [&str; 7] = [
+/// `denied`: a forward-auth service answered 401/403; `auth_unavailable`: it could not judge
+/// (the handshake is then counted `upstream_error`, answered 503).
+pub const AUTH_FAILURE_REASONS: [&str; 9] = [
     "missing",
     "malformed",
     "bad_credentials",
@@ -588,6 +590,8 @@ pub const AUTH_FAILURE_REASONS: [&str; 7] = [
     "not_yet_valid",
     "bad_signature",
     "bad_claims",
+    "denied",
+    "auth_unavailable",
 ];
 
 #[cfg(test)]

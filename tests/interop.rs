@@ -327,7 +327,8 @@ fn write_cert(dir: &Path) {
 
 impl Gate {
     /// Starts `target/debug/wsgate` with the given `routes:` block (YAML, indented by 2) and
-    /// authenticators `users` (Basic, realm wsgate, alice) and `jwt` (HS256, `?token=`).
+    /// authenticators `users` (Basic, realm wsgate, alice), `jwt` (HS256, `?token=`) and `k8s`
+    /// (HS256 in a `base64url.bearer.authorization.k8s.io.` subprotocol).
     fn start(routes: &str) -> Gate {
         let dir = tempfile::tempdir().unwrap();
         write_cert(dir.path());
@@ -358,6 +359,11 @@ auth:
     algorithms: [HS256]
     secret: "${{WSGATE_JWT_SECRET}}"
     leeway: 30s
+  k8s:
+    type: jwt
+    algorithms: [HS256]
+    secret: "${{WSGATE_JWT_SECRET}}"
+    from: [subprotocol: "base64url.bearer.authorization.k8s.io."]
 routes:
 {routes}
 shutdown:
@@ -1831,4 +1837,73 @@ fn prometheus_server_scrapes_online_count() {
         assert_eq!(v["status"], "success", "dashboard expr {expr:?}: {v}");
     }
     drop(prom);
+}
+
+#[test]
+fn chromium_subprotocol_token_reaches_upstream_as_the_real_subprotocol_only() {
+    if !ready(
+        "chromium_subprotocol_token_reaches_upstream_as_the_real_subprotocol_only",
+        [common::Tool::File(PathBuf::from("/usr/bin/chromium"))],
+    ) {
+        return;
+    }
+    use base64::Engine as _;
+    let logs = logs();
+    let port = free_port();
+    let pages = backend(
+        "page_server",
+        node("page_server.js", &[&port.to_string()]),
+        logs.path(),
+    );
+    let gate = Gate::start(&(route("/page", port, "") + &route("/k8s", port, "k8s")));
+    let token = common::jwt(json!({"sub": "grace"}));
+    let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&token);
+    let protocols = format!("base64url.bearer.authorization.k8s.io.{enc},chat");
+    let forged = common::jwt_with(
+        json!({"sub": "grace", "exp": common::now_secs() + 300}),
+        "not-the-gateway-secret-0123456789abcdef",
+        jsonwebtoken::Algorithm::HS256,
+    );
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&forged);
+    let v = browser(
+        "chromium_subprotocol",
+        logs.path(),
+        &format!("http://{}/page/index.html", gate.addr),
+        &[
+            // A forged token first: refused before the upstream.
+            format!(
+                "{}|base64url.bearer.authorization.k8s.io.{forged},chat",
+                gate.ws("/k8s/bad")
+            ),
+            format!("{}|{protocols}", gate.ws("/k8s/ok")),
+        ],
+        None,
+    );
+    let res = &v["results"];
+    assert_eq!(res[0]["opened"], false, "forged token opened: {v}");
+    assert_echoed(&res[1]);
+    assert_eq!(res[1]["protocol"], "chat", "the page speaks chat: {v}");
+    let c = pages.wait_event("connection", |c| c["url"] == "/k8s/ok");
+    assert_eq!(c["user"], "grace", "{c}");
+    assert_eq!(c["protocols"], "chat", "the upstream saw the token: {c}");
+    assert!(
+        pages
+            .events("connection")
+            .iter()
+            .all(|c| c["url"] != "/k8s/bad")
+    );
+    let text = gate.metrics();
+    assert_eq!(
+        metric_sum(
+            &text,
+            "wsgate_auth_failures_total",
+            &[("route", "/k8s"), ("reason", "bad_signature")],
+        ),
+        1.0,
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("/k8s"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

@@ -19,6 +19,7 @@ mod jwt_rules;
 mod leaf;
 mod schema;
 mod semantic;
+mod token_sources;
 mod types;
 mod validate;
 mod warnings;
@@ -29,6 +30,7 @@ pub use types::*;
 pub use warnings::warnings;
 
 pub(crate) use jwt_rules::{PublicFamily, VerifyKey, check as check_jwt};
+pub(crate) use token_sources::resolve as resolve_token_sources;
 
 use std::fmt;
 use std::path::Path;
@@ -640,7 +642,7 @@ routes:
         has(
             &e,
             "auth.t.type",
-            "unknown authenticator type \"ldap\" (expected one of: basic, jwt)",
+            "unknown authenticator type \"ldap\" (expected one of: basic, jwt, forward)",
         );
         has(&e, "auth.n.type", "required");
         has(&e, "auth.s", "expected a map");

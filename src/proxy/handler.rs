@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::balance::ActiveGuard;
 use crate::limits::{ClientKey, IpSlot};
 
-use crate::auth::{Admission, AuthFailure};
+use crate::auth::{Admission, AuthFailure, Rejection};
 use crate::metrics::{NO_ROUTE, Outcome, Protocol};
 use crate::proxy::Shared;
 use crate::proxy::extended_connect;
@@ -269,14 +269,12 @@ impl Handler {
                 client: Some(key),
                 client_ip,
                 tls: self.client.tls,
+                peer: self.client.peer.ip(),
+                trusted_proxies: runtime.config.trusted_proxies.as_deref(),
             };
-            match route.auth.check_request(&auth_req).await {
+            match route.auth.judge(&auth_req).await {
                 Ok(a) => Some(a),
-                Err(AuthFailure::Busy) => return (label, Err(Refusal::Busy)),
-                Err(AuthFailure::TooMany) => {
-                    return (label, Err(Refusal::TooManyRequests { retry_after: 1 }));
-                }
-                Err(failure) => return (label, Err(auth_refusal(&route, failure))),
+                Err(rejection) => return (label, Err(auth_refusal(&route, rejection))),
             }
         };
         // Reserved before the upstream is contacted, under the user's lock: of two logins at
@@ -674,13 +672,25 @@ fn deadline(
 
 /// `uri` with its path replaced by the canonical one; scheme and authority (absolute-form,
 /// HTTP/2) and the query are kept.
-/// The 401 for a failed auth check, counted. A request with no credential at all on a route
-/// that accepts Basic gets the challenge browsers wait for before sending `user:pass`: that
-/// round-trip is normal traffic, so it is `challenged` and not an auth failure.
-fn auth_refusal(route: &Route, failure: AuthFailure) -> Refusal {
-    match (failure, route.auth.challenge()) {
-        (AuthFailure::Missing, Some(challenge)) => Refusal::Challenged { challenge },
-        (failure, challenge) => {
+/// The refusal for a failed auth check, counted. A request with no credential at all on a
+/// route that accepts Basic gets the challenge browsers wait for before sending `user:pass`:
+/// that round-trip is normal traffic, so it is `challenged` and not an auth failure. Busy
+/// verifiers are a limit (503/429), not a failure; a forward-auth service's refusal goes
+/// back as it answered, and one that could not judge is a 503.
+fn auth_refusal(route: &Route, rejection: Rejection) -> Refusal {
+    match (rejection.failure, rejection.reply, route.auth.challenge()) {
+        (AuthFailure::Busy, ..) => Refusal::Busy,
+        (AuthFailure::TooMany, ..) => Refusal::TooManyRequests { retry_after: 1 },
+        (AuthFailure::Missing, None, Some(challenge)) => Refusal::Challenged { challenge },
+        (failure @ AuthFailure::Unavailable, ..) => {
+            route.metrics.auth_failure(failure.reason());
+            Refusal::AuthUnavailable
+        }
+        (failure, Some(reply), _) => {
+            route.metrics.auth_failure(failure.reason());
+            Refusal::AuthDenied(reply)
+        }
+        (failure, None, challenge) => {
             route.metrics.auth_failure(failure.reason());
             Refusal::Unauthorized { challenge }
         }
