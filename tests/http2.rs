@@ -556,3 +556,20 @@ async fn drain_closes_h2_tunnels_with_1001() {
         .expect("the gateway did not finish draining")
         .unwrap();
 }
+
+/// RFC 9113 §8.2.3: HTTP/2 clients may split `Cookie` into one field per cookie; before an
+/// HTTP/1.1 hop they are joined with "; " into one header (HTTP/1.1 allows only one).
+#[tokio::test]
+async fn h2_cookie_crumbs_reach_the_http11_upstream_as_one_cookie_header() {
+    let echo = echo_upstream().await;
+    let (gate, der) = tls_gate(echo.addr, "").await;
+    let mut h2 = h2_connect(gate.addr(), &der).await;
+    let mut ws = open(
+        &mut h2,
+        "/ws/cookies",
+        &[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")],
+    )
+    .await;
+    echo_roundtrip(&mut ws, "crumbs").await;
+    assert_eq!(echo.last().all("cookie"), ["a=1; b=2; c=3"]);
+}

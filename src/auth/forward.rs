@@ -265,9 +265,17 @@ impl Forward {
                 h.append(name.clone(), v.clone());
             }
         }
+        // An RFC 8441 WebSocket arrives as CONNECT; the auth service sees the GET it sees for
+        // the same WebSocket over HTTP/1.1, so its rules need no HTTP/2 case. (Any other
+        // CONNECT is refused before auth.)
+        let method = if *req.method == http::Method::CONNECT {
+            "GET"
+        } else {
+            req.method.as_str()
+        };
         h.insert(
             X_FORWARDED_METHOD,
-            HeaderValue::from_str(req.method.as_str()).map_err(bad)?,
+            HeaderValue::from_str(method).map_err(bad)?,
         );
         let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
         h.insert(X_FORWARDED_URI, HeaderValue::from_str(target).map_err(bad)?);
@@ -432,6 +440,32 @@ mod tests {
             ..ForwardConfig::default()
         };
         Forward::build(&cfg).expect("build")
+    }
+
+    #[test]
+    fn an_h2_websocket_is_forwarded_as_get() {
+        let f = forward(Duration::ZERO);
+        let headers = HeaderMap::new();
+        let uri = Uri::from_static("/chat?room=1");
+        for (method, want) in [
+            (Method::CONNECT, "GET"),
+            (Method::GET, "GET"),
+            (Method::POST, "POST"),
+        ] {
+            let req = AuthRequest {
+                method: &method,
+                uri: &uri,
+                headers: &headers,
+                client: None,
+                client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+                tls: true,
+                peer: std::net::IpAddr::from([127, 0, 0, 1]),
+                trusted_proxies: None,
+            };
+            let h = f.auth_headers(&req).expect("headers");
+            assert_eq!(h[X_FORWARDED_METHOD], want);
+            assert_eq!(h[X_FORWARDED_URI], "/chat?room=1");
+        }
     }
 
     #[test]

@@ -174,6 +174,11 @@ impl Handler {
         if let Err(why) = crate::headers::check_host(req.headers(), req.uri()) {
             return (NO_ROUTE.to_owned(), Err(Refusal::BadRequest(why)));
         }
+        if req.version() == Version::HTTP_2 {
+            // Before auth, so a cookie token or forward auth reads the cookies as the HTTP/1.1
+            // upstream will.
+            crate::headers::join_cookie_crumbs(req.headers_mut());
+        }
         // Routed on the canonical path, and the request now carries it, so the upstream gets
         // exactly the path that was authorised.
         let route = match crate::path::canonicalize(req.uri().path()) {
