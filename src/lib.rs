@@ -2,10 +2,11 @@
 //!
 //! ```text
 //!  listener ──► proxy_protocol ──► tls ──► proxy::conn ──► proxy::handler ──► route ──► auth ──► balance/upstream ──► splice
-//!  (accept,     (opt-in PROXY      (rustls,  (hyper h1,     (request phases:    (prefix   (basic,   (pick a server,        (one future,
-//!   permits,     v1/v2 header)      timeout)  upgrades,      origin, rate,       match)    jwt,      connect, forward,      both ways,
-//!   limits)                                   drain)         refusals via                  forward)  101 check)             registry entry)
-//!                                                            proxy::response)
+//!  (accept,     (opt-in PROXY      (rustls,  (hyper h1 or   (request phases:    (prefix   (basic,   (pick a server,        (one future,
+//!   permits,     v1/v2 header)      timeout,  h2 by ALPN,    origin, rate,       match)    jwt,      connect, forward,      both ways,
+//!   limits)                         ALPN)     upgrades,      refusals via                  forward)  101 check)             registry entry)
+//!                                             drain)         proxy::response;
+//!                                                            extended_connect: RFC 8441)
 //!  side channels: metrics (handles), admin (/metrics /healthz /readyz, POST /reload, GET /events),
 //!                 tracing logs, events (connected/disconnected: route webhooks, SSE hub),
 //!                 registry (open tunnels: idle sweeper, drain deadline, admin API),
@@ -419,6 +420,10 @@ impl Reloader {
             limits::log_effective(&runtime.config);
         }
         publish_applied(&self.metrics, &runtime);
+        // The same advice as at start-up: a reload may bring a weak hash or a risky route.
+        for w in config::warnings(&runtime.config) {
+            tracing::warn!("config: {w}");
+        }
         self.state.store(Arc::new(runtime));
         Ok(())
     }

@@ -13,6 +13,7 @@ mod htpasswd;
 mod jwt;
 mod limiter;
 pub mod mint;
+mod sources;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -257,8 +258,8 @@ impl Authenticator {
         }
     }
 
-    /// Removes the credentials this authenticator reads from what goes upstream: the
-    /// `Authorization` header and its query parameter, today. Forward auth removes nothing:
+    /// Removes the credentials this authenticator reads from what goes upstream: Basic's
+    /// `Authorization` header, a JWT's every source (`from:`). Forward auth removes nothing:
     /// the app behind it reads the same session cookie or token (as behind nginx's
     /// `auth_request`).
     fn strip_credentials(&self, headers: &mut HeaderMap, query: &mut Option<String>) {
@@ -268,10 +269,9 @@ impl Authenticator {
                 headers.remove(http::header::AUTHORIZATION);
             }
             Kind::Jwt(j) => {
-                headers.remove(http::header::AUTHORIZATION);
-                *query = query
-                    .take()
-                    .and_then(|q| strip_query_param(&q, j.query_param()));
+                for source in j.sources() {
+                    sources::strip(source, headers, query);
+                }
             }
         }
     }
@@ -318,10 +318,13 @@ impl RouteAuth {
 
     /// Query parameters that carry credentials on this route (every JWT authenticator's).
     pub fn credential_query_params(&self) -> impl Iterator<Item = &str> {
-        self.auths.iter().filter_map(|a| match &a.kind {
-            Kind::Jwt(j) => Some(j.query_param()),
-            Kind::Basic(_) | Kind::Forward(_) => None,
-        })
+        self.auths
+            .iter()
+            .flat_map(|a| match &a.kind {
+                Kind::Jwt(j) => Some(j.query_params()),
+                Kind::Basic(_) | Kind::Forward(_) => None,
+            })
+            .flatten()
     }
 
     /// Refuses a query a backend could read a second credential from, on a route that reads
@@ -630,6 +633,20 @@ pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
         .filter(|p| !p.is_empty() && !matches(p))
         .collect();
     (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+/// One advice line per user of an htpasswd file whose hash is weak (apr1, `{SHA}`), naming
+/// the line and user but never the hash.
+pub fn weak_htpasswd_users(bytes: &[u8]) -> Vec<String> {
+    htpasswd::weak_users(bytes)
+        .into_iter()
+        .map(|(line, user, scheme)| {
+            format!(
+                "line {line}: user {user:?} has a weak {scheme} hash, fast to crack if the \
+                 file leaks; re-hash it with `wsgate hash-password`"
+            )
+        })
+        .collect()
 }
 
 /// Why `hash_password` failed.

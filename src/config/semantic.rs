@@ -204,6 +204,11 @@ pub(crate) fn read_secret(file: &Path, at: &[Seg], problems: &mut Problems) -> O
 
 fn jwt(j: &mut JwtConfig, tree: &Value, at: &[Seg], base_dir: &Path, problems: &mut Problems) {
     let under = |k: &str| [at, &[key(k)]].concat();
+    if let Err(found) = super::token_sources::resolve(j) {
+        for (field, message) in found {
+            problems.push(&under(&field), message);
+        }
+    }
     let algs_at = under("algorithms");
     let mut unique = Vec::new();
     for (i, a) in j.algorithms.iter().enumerate() {

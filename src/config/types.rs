@@ -101,6 +101,8 @@ pub struct ListenerConfig {
     pub tls: Option<TlsFiles>,
     /// Expect a PROXY protocol v1/v2 header before anything else.
     pub proxy_protocol: bool,
+    /// HTTP/2 on a TLS listener (ALPN `h2`, WebSockets by RFC 8441); ignored without `tls`.
+    pub http2: Http2Config,
 }
 
 impl Default for ListenerConfig {
@@ -110,6 +112,27 @@ impl Default for ListenerConfig {
             bind: leaf::PLACEHOLDER_ADDR,
             tls: None,
             proxy_protocol: false,
+            http2: Http2Config::default(),
+        }
+    }
+}
+
+/// HTTP/2 on a TLS listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http2Config {
+    /// Offer `h2` by ALPN beside `http/1.1` (browsers then carry wss:// on the page's connection).
+    pub enabled: bool,
+    /// Streams (WebSockets and requests) one HTTP/2 connection may have open at once.
+    #[schemars(range(min = 1))]
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_concurrent_streams: 100,
         }
     }
 }
@@ -252,7 +275,7 @@ pub struct BasicConfig {
     /// Realm sent in `WWW-Authenticate`.
     #[schemars(with = "leaf::Realm")]
     pub realm: String,
-    /// htpasswd file: user:hash lines, bcrypt ($2a$/$2b$/$2y$) or argon2id.
+    /// htpasswd file: user:hash lines, bcrypt ($2a$/$2b$/$2y$) or argon2id; apr1 and {SHA} load with a warning.
     #[schemars(with = "leaf::FilePath")]
     pub htpasswd: PathBuf,
     /// How long a verified user/password pair is remembered (0s = off).
@@ -316,6 +339,48 @@ pub struct JwtConfig {
     #[serde(with = "leaf::opt_duration")]
     #[schemars(with = "Option<leaf::DurationStr>")]
     pub max_token_age: Option<Duration>,
+    /// Where the token is read, each a one-key map: `query: NAME`, `header: NAME`,
+    /// `cookie: NAME`, `subprotocol: PREFIX`; default `[query: <query_param>, header: Authorization]`.
+    pub from: Option<Vec<TokenSourceConfig>>,
+}
+
+/// One place a JWT may be read from (exactly one key set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenSourceConfig {
+    /// A query parameter (removed before forwarding, look-alikes refused).
+    #[schemars(with = "Option<leaf::QueryParam>")]
+    pub query: Option<String>,
+    /// A request header; `Authorization` means its `Bearer` scheme.
+    #[schemars(with = "Option<leaf::NonEmpty>")]
+    pub header: Option<String>,
+    /// A cookie of the `Cookie` header (only it is removed; the others go on byte-exact).
+    #[schemars(with = "Option<leaf::NonEmpty>")]
+    pub cookie: Option<String>,
+    /// A `Sec-WebSocket-Protocol` entry starting with this prefix; base64url-decoded when the
+    /// prefix starts with `base64url.` (the Kubernetes convention).
+    #[schemars(with = "Option<leaf::NonEmpty>")]
+    pub subprotocol: Option<String>,
+}
+
+/// A validated token source (see [`TokenSourceConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `?NAME=token`.
+    Query(String),
+    /// `Authorization: Bearer token`.
+    Bearer,
+    /// `NAME: token` (any other header, lower-case name).
+    Header(http::HeaderName),
+    /// `Cookie: NAME=token`.
+    Cookie(String),
+    /// `Sec-WebSocket-Protocol: PREFIXtoken`; `base64url`: the rest is base64url of the token.
+    Subprotocol {
+        /// The entry's prefix.
+        prefix: String,
+        /// Whether the rest is base64url-encoded.
+        base64url: bool,
+    },
 }
 
 impl Default for JwtConfig {
@@ -332,6 +397,7 @@ impl Default for JwtConfig {
             leeway: Duration::from_secs(30),
             max_token_bytes: 8192,
             max_token_age: None,
+            from: None,
         }
     }
 }
