@@ -33,7 +33,8 @@ impl Node {
         cmd.current_dir(&dir)
             .arg(dir.join(script))
             .args(args)
-            .env("NODE_ENV", "production")
+            // Not "production": express-session would warn about its MemoryStore on stderr.
+            .env("NODE_ENV", "test")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
