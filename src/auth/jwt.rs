@@ -4,19 +4,48 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{DecodingKey, Validation};
+use jsonwebtoken::{AlgorithmFamily, DecodingKey, Validation};
 
+use super::jwks::{Jwks, Lookup};
 use super::{AuthFailure, Identity, Scheme, authorization, query_param};
 use crate::config::{ConfigError, JwtConfig, PublicFamily, VerifyKey};
+
+/// Where verification keys come from.
+enum Keys {
+    /// One key from `secret`/`secret_file`/`public_key`.
+    Static(DecodingKey),
+    /// A JWKS; `validations` holds one `Validation` per key family in the allow-list
+    /// (jsonwebtoken wants every listed algorithm to fit the key).
+    Jwks {
+        /// The keys and their refresh.
+        jwks: Jwks,
+        /// (family, validation allowing only that family's listed algorithms).
+        validations: Vec<(AlgorithmFamily, Validation)>,
+    },
+}
+
+/// A verified token: who, and the headers its claims map to.
+#[derive(Debug)]
+pub(crate) struct Verified {
+    /// The admitted identity.
+    pub(crate) identity: Identity,
+    /// `claims_to_headers` values for the upstream request.
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+}
 
 /// Upper bound on `leeway`, in seconds.
 const MAX_LEEWAY_SECS: u64 = 86_400;
 
 /// A ready JWT authenticator.
 pub(crate) struct Jwt {
-    /// Verification key, of the family of every allowed algorithm.
-    key: DecodingKey,
+    /// Verification key(s).
+    keys: Keys,
+    /// claim → upstream header.
+    claim_headers: Vec<(String, HeaderName)>,
+    /// The header names of `claim_headers` (client copies are removed upstream).
+    owned: Vec<HeaderName>,
     /// Allow-list, leeway, required claims, issuer/audience.
     validation: Validation,
     /// Query parameter carrying the token.
@@ -43,14 +72,25 @@ impl Jwt {
                 .map(|(field, m)| ConfigError::new(field, m))
                 .collect::<Vec<_>>()
         })?;
+        let claim_headers = crate::config::claim_headers(cfg).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|(claim, m)| ConfigError::new(format!("claims_to_headers.{claim}"), m))
+                .collect::<Vec<_>>()
+        })?;
+        let mut jwks_source = None;
         let key = match key {
-            VerifyKey::Secret(s) => DecodingKey::from_secret(s),
-            VerifyKey::PublicKey(p, family) => load_public_key(p, family).map_err(|m| {
+            VerifyKey::Secret(s) => Some(DecodingKey::from_secret(s)),
+            VerifyKey::PublicKey(p, family) => Some(load_public_key(p, family).map_err(|m| {
                 vec![ConfigError::new(
                     "public_key",
                     format!("{}: {m}", p.display()),
                 )]
-            })?,
+            })?),
+            VerifyKey::Jwks(source) => {
+                jwks_source = Some(source);
+                None
+            }
         };
 
         let mut validation = Validation::new(first);
@@ -77,8 +117,34 @@ impl Jwt {
         }
         validation.set_required_spec_claims(&required);
 
+        let keys = match (key, jwks_source) {
+            (Some(k), _) => Keys::Static(k),
+            (None, Some(source)) => {
+                let jwks = Jwks::build(source, cfg)
+                    .map_err(|(field, m)| vec![ConfigError::new(field, m)])?;
+                let mut validations: Vec<(AlgorithmFamily, Validation)> = Vec::new();
+                for a in &cfg.algorithms {
+                    match validations.iter_mut().find(|(f, _)| *f == a.family()) {
+                        Some((_, v)) => v.algorithms.push(*a),
+                        None => {
+                            let mut v = validation.clone();
+                            v.algorithms = vec![*a];
+                            validations.push((a.family(), v));
+                        }
+                    }
+                }
+                Keys::Jwks { jwks, validations }
+            }
+            (None, None) => {
+                return Err(vec![ConfigError::new("", "no verification key (a bug)")]);
+            }
+        };
+        let owned = claim_headers.iter().map(|(_, h)| h.clone()).collect();
+
         Ok(Jwt {
-            key,
+            keys,
+            claim_headers,
+            owned,
             validation,
             query_param: cfg.query_param.clone(),
             max_token_bytes: cfg.max_token_bytes,
@@ -86,13 +152,26 @@ impl Jwt {
         })
     }
 
+    /// Header names this authenticator sets upstream (`claims_to_headers`).
+    pub(crate) fn owned_headers(&self) -> &[HeaderName] {
+        &self.owned
+    }
+
+    /// The JWKS, when the keys come from one.
+    pub(crate) fn jwks(&self) -> Option<&Jwks> {
+        match &self.keys {
+            Keys::Jwks { jwks, .. } => Some(jwks),
+            Keys::Static(_) => None,
+        }
+    }
+
     /// Finds and judges the token. Both a Bearer header and the query parameter at once
     /// is `Malformed`: it is ambiguous, and whichever we ignored would reach the upstream.
-    pub(crate) fn check(
+    pub(crate) async fn check(
         &self,
         headers: &http::HeaderMap,
         query: Option<&str>,
-    ) -> Result<Identity, AuthFailure> {
+    ) -> Result<Verified, AuthFailure> {
         let from_header = match authorization(headers)? {
             Some((Scheme::Bearer, rest)) => Some(rest),
             _ => None,
@@ -111,17 +190,40 @@ impl Jwt {
             (None, Some(q)) => q,
             (None, None) => return Err(AuthFailure::Missing),
         };
-        self.verify(&token)
+        self.verify(&token).await
     }
 
     /// Signature, then claims. Signature first, so a forger learns nothing about claims.
-    fn verify(&self, token: &str) -> Result<Identity, AuthFailure> {
+    pub(crate) async fn verify(&self, token: &str) -> Result<Verified, AuthFailure> {
         if token.is_empty() || token.len() > self.max_token_bytes {
             return Err(AuthFailure::Malformed);
         }
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)
-            .map_err(|e| map_error(e.kind()))?;
-        let claims = data.claims;
+        let claims = match &self.keys {
+            Keys::Static(key) => {
+                jsonwebtoken::decode::<serde_json::Value>(token, key, &self.validation)
+                    .map_err(|e| map_error(e.kind()))?
+                    .claims
+            }
+            Keys::Jwks { jwks, validations } => {
+                let header = jsonwebtoken::decode_header(token).map_err(|e| map_error(e.kind()))?;
+                let Some((_, validation)) = validations
+                    .iter()
+                    .find(|(_, v)| v.algorithms.contains(&header.alg))
+                else {
+                    return Err(AuthFailure::BadSignature);
+                };
+                let kid = header.kid.as_deref();
+                match decode_with(&jwks.keys(), kid, header.alg, token, validation) {
+                    Some(r) => r?,
+                    None => {
+                        // Unknown kid: the only case that may wait for a fetch.
+                        jwks.refresh_for_unknown().await;
+                        decode_with(&jwks.keys(), kid, header.alg, token, validation)
+                            .unwrap_or(Err(AuthFailure::BadSignature))?
+                    }
+                }
+            }
+        };
         let user = match claims.get("sub").and_then(serde_json::Value::as_str) {
             Some(s) if !s.is_empty() => s.to_owned(),
             _ => return Err(AuthFailure::BadClaims),
@@ -133,11 +235,49 @@ impl Jwt {
         if let Some(max_age) = self.max_token_age {
             self.check_age(&claims, max_age)?;
         }
-        Ok(Identity {
-            user,
-            expires_at: Some(expires_at),
+        let headers = super::claims::headers(&claims, &self.claim_headers).map_err(|claim| {
+            tracing::debug!(
+                claim,
+                "claim cannot be an upstream header value; token refused"
+            );
+            AuthFailure::BadClaims
+        })?;
+        Ok(Verified {
+            identity: Identity {
+                user,
+                expires_at: Some(expires_at),
+            },
+            headers,
         })
     }
+}
+
+/// Decodes `token` with the keys of `set` that fit its `kid` and `alg`: `None` when the set
+/// has no key of that `kid` (a refresh may bring it). Without a `kid`, each fitting key is
+/// tried until one verifies the signature.
+fn decode_with(
+    set: &super::jwks::KeySet,
+    kid: Option<&str>,
+    alg: jsonwebtoken::Algorithm,
+    token: &str,
+    validation: &Validation,
+) -> Option<Result<serde_json::Value, AuthFailure>> {
+    let keys = match set.lookup(kid, alg) {
+        Lookup::Unknown => return None,
+        Lookup::Unfit => return Some(Err(AuthFailure::BadSignature)),
+        Lookup::Keys(keys) => keys,
+    };
+    let mut result = Err(AuthFailure::BadSignature);
+    for k in keys {
+        match jsonwebtoken::decode::<serde_json::Value>(token, &k.key, validation) {
+            Ok(data) => return Some(Ok(data.claims)),
+            Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {}
+            // Past the signature (claims) or not about this key: the verdict.
+            Err(e) => return Some(Err(map_error(e.kind()))),
+        }
+        result = Err(AuthFailure::BadSignature);
+    }
+    Some(result)
 }
 
 impl Jwt {
@@ -275,7 +415,20 @@ pub(crate) mod tests {
     }
 
     fn check_bearer(j: &Jwt, t: &str) -> Result<Identity, AuthFailure> {
-        j.check(&bearer(t), None)
+        check(j, &bearer(t), None)
+    }
+
+    /// `Jwt::check` with a static key, which never waits.
+    pub(crate) fn check(
+        j: &Jwt,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Identity, AuthFailure> {
+        use futures_util::FutureExt as _;
+        j.check(headers, query)
+            .now_or_never()
+            .expect("a static key never waits")
+            .map(|v| v.identity)
     }
 
     fn pem_file(text: &str) -> tempfile::NamedTempFile {
@@ -303,7 +456,7 @@ pub(crate) mod tests {
         let j = Jwt::build(&hs_cfg()).expect("build");
         let exp = now() + 600;
         let t = hs_token(&json!({"sub": "alice", "exp": exp}));
-        let id = j.check(&bearer(&t), None).expect("admit");
+        let id = check(&j, &bearer(&t), None).expect("admit");
         assert_eq!(id.user, "alice");
         assert_eq!(id.expires_at, Some(UNIX_EPOCH + Duration::from_secs(exp)));
     }
@@ -315,7 +468,7 @@ pub(crate) mod tests {
         // Encode the dots and a few letters; the decoded value must verify.
         let enc = t.replace('.', "%2E").replacen('e', "%65", 2);
         let q = format!("a=1&token={enc}&tokens=zzz");
-        let id = j.check(&http::HeaderMap::new(), Some(&q)).expect("admit");
+        let id = check(&j, &http::HeaderMap::new(), Some(&q)).expect("admit");
         assert_eq!(id.user, "alice");
     }
 
@@ -325,16 +478,16 @@ pub(crate) mod tests {
         let t = hs_token(&good_claims());
         let q = format!("token={t}&token={t}");
         assert_eq!(
-            j.check(&http::HeaderMap::new(), Some(&q)).err(),
+            check(&j, &http::HeaderMap::new(), Some(&q)).err(),
             Some(AuthFailure::Malformed)
         );
         let q = format!("token={t}");
         assert_eq!(
-            j.check(&bearer(&t), Some(&q)).err(),
+            check(&j, &bearer(&t), Some(&q)).err(),
             Some(AuthFailure::Malformed)
         );
         assert_eq!(
-            j.check(&http::HeaderMap::new(), Some("token=")).err(),
+            check(&j, &http::HeaderMap::new(), Some("token=")).err(),
             Some(AuthFailure::Malformed)
         );
     }
@@ -343,7 +496,7 @@ pub(crate) mod tests {
     fn missing_when_no_token() {
         let j = Jwt::build(&hs_cfg()).expect("build");
         assert_eq!(
-            j.check(&http::HeaderMap::new(), Some("a=1&tokens=x")).err(),
+            check(&j, &http::HeaderMap::new(), Some("a=1&tokens=x")).err(),
             Some(AuthFailure::Missing)
         );
         let mut basic = http::HeaderMap::new();
@@ -351,7 +504,7 @@ pub(crate) mod tests {
             http::header::AUTHORIZATION,
             http::HeaderValue::from_static("Basic YTpi"),
         );
-        assert_eq!(j.check(&basic, None).err(), Some(AuthFailure::Missing));
+        assert_eq!(check(&j, &basic, None).err(), Some(AuthFailure::Missing));
     }
 
     #[test]
@@ -428,7 +581,7 @@ pub(crate) mod tests {
         assert_eq!(check_bearer(&j, &t).err(), Some(AuthFailure::Malformed));
         let q = format!("token={t}");
         assert_eq!(
-            j.check(&http::HeaderMap::new(), Some(&q)).err(),
+            check(&j, &http::HeaderMap::new(), Some(&q)).err(),
             Some(AuthFailure::Malformed)
         );
     }
