@@ -883,3 +883,54 @@ async fn bench_jwks_lookup() {
         );
     }
 }
+
+/// `wsgate check` fetches the JWKS as start-up would: an error with
+/// `jwks_required_at_start`, a warning (and `ok`) without.
+#[tokio::test]
+async fn wsgate_check_reports_an_unreachable_jwks() {
+    let k = SigningKey::new("k", Algorithm::ES256);
+    let server = KeyServer::start(jwks_of(&[&k])).await;
+    server.down.store(true, Ordering::SeqCst);
+    let files = Files::new();
+    let up = echo_upstream().await;
+    let run = |extra: &str| {
+        let cfg = files.write(
+            "config.yaml",
+            &config(up.addr, &jwks_auth(&server.url(), "ES256", extra)),
+        );
+        let bin = env!("CARGO_BIN_EXE_wsgate");
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(bin)
+                    .args(["check", "--config"])
+                    .arg(cfg)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = run("    jwks_required_at_start: true\n").await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("auth.idp.jwks_url: cannot fetch the JWKS:") && stdout.contains("503"),
+        "{stdout}"
+    );
+    let out = run("").await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout.trim(), "ok");
+    assert!(
+        stderr.contains("auth.idp.jwks_url: cannot fetch the JWKS"),
+        "{stderr}"
+    );
+    server.down.store(false, Ordering::SeqCst);
+    let out = run("    jwks_required_at_start: true\n").await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(server.hits(), 3);
+}
