@@ -304,14 +304,16 @@ impl Jwks {
 
     /// Starts the refresh task (once; needs a tokio runtime). `name` labels logs and metrics.
     pub(crate) fn start(&self, name: &str, metrics: &Metrics) {
+        // Without a runtime nothing would ever fetch: stay "not started", so handshakes
+        // with unknown kids don't wait for a fetch that cannot come.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let handles = metrics.jwks(name);
         handles.keys.set(gauge(self.inner.keys.load().len()));
         if self.inner.started.set((name.to_owned(), handles)).is_err() {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         runtime.spawn(run(self.inner.clone()));
     }
 
