@@ -462,6 +462,10 @@ impl Reloader {
             limits::log_effective(&runtime.config);
         }
         publish_applied(&self.metrics, &runtime);
+        // The same advice as at start-up: a reload may bring a weak hash or a risky route.
+        for w in config::warnings(&runtime.config) {
+            tracing::warn!("config: {w}");
+        }
         runtime.start(&self.metrics, Some(&**current));
         self.state.store(Arc::new(runtime));
         current.stop();

@@ -247,15 +247,18 @@ fn hash_password(user: Option<String>, argon2: bool) -> ExitCode {
         eprintln!("wsgate: user name must be non-empty, without ':' or control characters");
         return ExitCode::from(2);
     }
-    let mut line = String::new();
-    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
-        eprintln!("wsgate: cannot read the password from stdin: {e}");
-        return ExitCode::FAILURE;
-    }
-    let password = line
-        .strip_suffix('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .unwrap_or(&line);
+    let password = match read_new_password() {
+        Ok(p) => p,
+        Err(PasswordInput::Mismatch) => {
+            eprintln!("wsgate: passwords do not match");
+            return ExitCode::from(2);
+        }
+        Err(PasswordInput::Io(e)) => {
+            eprintln!("wsgate: cannot read the password: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let password = password.as_str();
     if password.is_empty() {
         eprintln!("wsgate: empty password refused");
         return ExitCode::from(2);
@@ -273,6 +276,40 @@ fn hash_password(user: Option<String>, argon2: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Why no password was read.
+enum PasswordInput {
+    /// The two entries on a terminal differ.
+    Mismatch,
+    /// stdin or the terminal failed.
+    Io(std::io::Error),
+}
+
+/// The password to hash. On a terminal it is read twice without echo (the screen, scrollback
+/// and anyone looking over a shoulder never see it, and a typo is caught); from a pipe it is
+/// one line, the trailing newline not part of it.
+fn read_new_password() -> Result<String, PasswordInput> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").map_err(PasswordInput::Io)?;
+        let again = rpassword::prompt_password("Password again: ").map_err(PasswordInput::Io)?;
+        return if first == again {
+            Ok(first)
+        } else {
+            Err(PasswordInput::Mismatch)
+        };
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(PasswordInput::Io)?;
+    let trimmed = line
+        .strip_suffix('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .unwrap_or(&line);
+    Ok(trimmed.to_owned())
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {

@@ -1412,3 +1412,59 @@ async fn access_log_tells_who_closed_first_over_wss() {
     assert!(line.contains("closed_by=\"client\""), "{line}");
     assert!(line.contains("reason=\"client\""), "{line}");
 }
+
+/// `wsgate hash-password ARGS` on a pseudo-terminal answering the prompts containing `word`
+/// in turn; returns what the terminal showed, ending with `exit=<code>`.
+fn hash_password_on_a_terminal(args: &[&str], answers: &[(&str, &str)]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/pty_run.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(answers.iter().map(|(w, a)| format!("{w}={a}")))
+        .arg("--")
+        .arg(BIN)
+        .arg("hash-password")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}
+
+#[test]
+fn hash_password_on_a_terminal_hides_the_password_and_asks_twice() {
+    if !tools_available(
+        "hash_password_on_a_terminal_hides_the_password_and_asks_twice",
+        &[Tool::Program("python3")],
+    ) {
+        return;
+    }
+    let screen = hash_password_on_a_terminal(
+        &["--argon2", "alice"],
+        &[("assword", "tty-Secret-1"), ("again", "tty-Secret-1")],
+    );
+    assert!(screen.contains("exit=0"), "{screen}");
+    assert!(
+        !screen.contains("tty-Secret-1"),
+        "the terminal echoed the password:\n{screen}"
+    );
+    let line = screen
+        .lines()
+        .find(|l| l.starts_with("alice:$argon2id$"))
+        .unwrap_or_else(|| panic!("no htpasswd line:\n{screen}"));
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    let parsed = PasswordHash::new(line.trim_end().trim_start_matches("alice:")).unwrap();
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(b"tty-Secret-1", &parsed)
+            .is_ok()
+    );
+
+    let screen = hash_password_on_a_terminal(
+        &["alice"],
+        &[("assword", "tty-Secret-1"), ("again", "tty-Secret-2")],
+    );
+    assert!(screen.contains("passwords do not match"), "{screen}");
+    assert!(!screen.contains("exit=0"), "{screen}");
+    assert!(!screen.contains("alice:$"), "{screen}");
+    assert!(!screen.contains("tty-Secret"), "{screen}");
+}

@@ -356,7 +356,7 @@ mod tests {
 
     #[test]
     fn bad_line_is_a_htpasswd_error_without_hash() {
-        let f = file("# x\nbob:$apr1$salt$SECRETHASH\n");
+        let f = file("# x\nbob:$6$salt$SECRETHASH\n");
         let cfg = BasicConfig {
             realm: "r".into(),
             htpasswd: f.path().to_path_buf(),
@@ -366,7 +366,7 @@ mod tests {
         assert_eq!(errs[0].path, "htpasswd");
         assert!(
             errs[0].message
-                == ("line 2: user \"bob\": unsupported hash $apr1$ (use bcrypt or argon2id; see `wsgate hash-password`)"),
+                == ("line 2: user \"bob\": unsupported hash $6$ (use bcrypt or argon2id; see `wsgate hash-password`)"),
             "{}",
             errs[0].message
         );

@@ -1,4 +1,6 @@
-//! htpasswd parsing: `user:hash` lines with bcrypt or argon2id hashes only.
+//! htpasswd parsing: `user:hash` lines with bcrypt or argon2id hashes, and the weak hashes
+//! Apache's `htpasswd` writes (apr1 MD5 by default, `{SHA}` with `-s`) so an nginx-era file
+//! works as it is. crypt(3) DES lines are refused: they read only 8 password bytes.
 //!
 //! Every hash is parsed at load so that a typo shows up in `wsgate check`, not as a
 //! mysteriously failing login. Error messages name the line and the user but never
@@ -8,9 +10,17 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use base64::Engine as _;
+use sha1::Digest as _;
+use subtle::ConstantTimeEq as _;
 
 /// The hint appended to every "unsupported hash" message.
 const SUPPORTED_HINT: &str = "use bcrypt or argon2id; see `wsgate hash-password`";
+
+/// The alphabet of crypt(3) salts and checksums.
+fn is_crypt64(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'.' || b == b'/'
+}
 
 /// Longest password bcrypt reads in full (it ignores every byte after these).
 pub(crate) const BCRYPT_MAX_PASSWORD: usize = 72;
@@ -22,6 +32,10 @@ pub(crate) enum StoredHash {
     Bcrypt(String),
     /// argon2id PHC string.
     Argon2id(String),
+    /// Apache's MD5-crypt variant, `$apr1$salt$checksum` (what `htpasswd -m`, the default, writes).
+    Apr1(String),
+    /// `{SHA}` + base64 of the unsalted SHA-1 digest (`htpasswd -s`), decoded.
+    Sha1([u8; 20]),
 }
 
 impl StoredHash {
@@ -40,6 +54,21 @@ impl StoredHash {
                 // Cannot happen: the string was parsed at load. Fail closed anyway.
                 Err(_) => false,
             },
+            // crypt3_rs recomputes the hash with the stored salt; its own comparison is a
+            // plain `==`, so the strings are compared here in constant time instead.
+            #[allow(deprecated)] // deprecated for new passwords, which is not this use
+            StoredHash::Apr1(h) => crypt3_rs::crypt::apr1::hash_with(h.as_str(), password)
+                .is_ok_and(|computed| computed.as_str().as_bytes().ct_eq(h.as_bytes()).into()),
+            StoredHash::Sha1(digest) => sha1::Sha1::digest(password).ct_eq(digest).into(),
+        }
+    }
+
+    /// A weak scheme's label for warnings (`None` for bcrypt and argon2id).
+    pub(crate) fn weakness(&self) -> Option<&'static str> {
+        match self {
+            StoredHash::Bcrypt(_) | StoredHash::Argon2id(_) => None,
+            StoredHash::Apr1(_) => Some("$apr1$ (MD5, 1000 rounds)"),
+            StoredHash::Sha1(_) => Some("{SHA} (one unsalted SHA-1)"),
         }
     }
 }
@@ -50,6 +79,8 @@ impl std::fmt::Debug for StoredHash {
         match self {
             StoredHash::Bcrypt(_) => f.write_str("Bcrypt(<redacted>)"),
             StoredHash::Argon2id(_) => f.write_str("Argon2id(<redacted>)"),
+            StoredHash::Apr1(_) => f.write_str("Apr1(<redacted>)"),
+            StoredHash::Sha1(_) => f.write_str("Sha1(<redacted>)"),
         }
     }
 }
@@ -127,6 +158,20 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Htpasswd, Vec<String>> {
     }
 }
 
+/// Users whose hash parses but is weak: (line, user, scheme label), in file order. Lines that
+/// don't parse are left to [`parse`]'s errors.
+pub(crate) fn weak_users(bytes: &[u8]) -> Vec<(usize, String, &'static str)> {
+    let text = String::from_utf8_lossy(bytes);
+    text.split('\n')
+        .enumerate()
+        .filter_map(|(idx, line)| {
+            let (user, hash) = line.trim_end().split_once(':')?;
+            let weakness = parse_hash(hash).ok()?.weakness()?;
+            Some((idx + 1, user.to_owned(), weakness))
+        })
+        .collect()
+}
+
 /// What decides how long a verification takes: the algorithm and its cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CostClass {
@@ -134,6 +179,10 @@ enum CostClass {
     Bcrypt(u32),
     /// argon2id with (memory KiB, iterations, lanes, output length).
     Argon2id(u32, u32, u32, Option<usize>),
+    /// apr1: fixed 1000 MD5 rounds.
+    Apr1,
+    /// `{SHA}`: one SHA-1.
+    Sha1,
     /// Unreadable parameters (cannot happen after `parse_hash`).
     Unknown,
 }
@@ -148,6 +197,8 @@ fn cost_class(h: &StoredHash) -> CostClass {
             .map_or(CostClass::Unknown, |p| {
                 CostClass::Argon2id(p.m_cost(), p.t_cost(), p.p_cost(), p.output_len())
             }),
+        StoredHash::Apr1(_) => CostClass::Apr1,
+        StoredHash::Sha1(_) => CostClass::Sha1,
     }
 }
 
@@ -162,10 +213,44 @@ fn parse_hash(hash: &str) -> Result<StoredHash, String> {
     if hash.starts_with("$argon2id$") {
         return parse_argon2id(hash).map(|()| StoredHash::Argon2id(hash.to_owned()));
     }
+    if let Some(rest) = hash.strip_prefix("$apr1$") {
+        return parse_apr1(rest).map(|()| StoredHash::Apr1(hash.to_owned()));
+    }
+    if let Some(b64) = hash.strip_prefix("{SHA}") {
+        let digest = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .and_then(|d| <[u8; 20]>::try_from(d).ok())
+            .ok_or("malformed {SHA} hash: expected base64 of a 20-byte SHA-1 digest")?;
+        return Ok(StoredHash::Sha1(digest));
+    }
+    if hash.len() == 13 && hash.bytes().all(is_crypt64) {
+        return Err(
+            "crypt(3) DES hashes are refused: DES crypt reads only the first 8 \
+                    characters of a password; re-hash with `wsgate hash-password`"
+                .to_owned(),
+        );
+    }
     Err(format!(
         "unsupported hash {} ({SUPPORTED_HINT})",
         scheme_label(hash)
     ))
+}
+
+/// Checks `salt$checksum` after `$apr1$`: a salt of 1–8 and a checksum of 22 crypt(3)
+/// characters, as `htpasswd` writes them. A longer salt would be cut to 8 by the hashing
+/// library, so such a line could never match; it is refused here rather than at login.
+fn parse_apr1(rest: &str) -> Result<(), String> {
+    let bad =
+        || "malformed $apr1$ hash: expected $apr1$<1-8 character salt>$<22 characters>".to_owned();
+    let (salt, checksum) = rest.split_once('$').ok_or_else(bad)?;
+    let salt_ok = (1..=8).contains(&salt.len()) && salt.bytes().all(is_crypt64);
+    let sum_ok = checksum.len() == 22 && checksum.bytes().all(is_crypt64);
+    if salt_ok && sum_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
 }
 
 /// Checks an argon2id PHC string completely (version, params, salt, output).
@@ -247,29 +332,79 @@ mod tests {
     }
 
     #[test]
-    fn rejects_apr1_without_printing_hash() {
-        let e = one_error("# c\nbob:$apr1$abcdefgh$SECRETSECRETSECRET12\n");
-        assert_eq!(
-            e,
-            "line 2: user \"bob\": unsupported hash $apr1$ (use bcrypt or argon2id; see `wsgate hash-password`)"
-        );
-        assert!(!e.contains("SECRET"));
+    fn verifies_apr1_and_sha_from_published_vectors() {
+        // OpenSSL's documented `openssl passwd -apr1 -salt xxxxxxxx password`, and
+        // base64(SHA-1("password")) as `htpasswd -s` writes it.
+        let text = "a:$apr1$xxxxxxxx$dxHfLAsjHkDRmG83UXe8K0\ns:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n";
+        let h = parse(text.as_bytes()).expect("parses");
+        assert!(h.users["a"].verify(b"password"));
+        assert!(h.users["s"].verify(b"password"));
+        for wrong in [&b"Password"[..], b"password ", b"passwor", b""] {
+            assert!(!h.users["a"].verify(wrong));
+            assert!(!h.users["s"].verify(wrong));
+        }
+        // A short salt (older htpasswd builds, hand-made lines) is read as written.
+        // (`openssl passwd -apr1 -salt ab password`.)
+        let h = parse(b"a:$apr1$ab$vZXhMKiOqO1yMl8FLQFrs0\n").expect("2-character salt");
+        assert!(h.users["a"].verify(b"password"));
+        assert!(!h.users["a"].verify(b"passworD"));
+        // Unknown users of an apr1 file are judged against an apr1 dummy (timing parity).
+        assert_eq!(class_of(h.dummy.as_ref().expect("dummy")), "apr1");
     }
 
     #[test]
-    fn rejects_sha_crypt_and_weak_argon_variants() {
-        let e = one_error("u:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n");
-        assert!(e.contains("unsupported hash {SHA}"), "{e}");
-        assert!(!e.contains("W6ph"));
+    fn rejects_malformed_weak_hashes_and_des_without_printing_them() {
+        for bad in [
+            "u:$apr1$toolongsalt$dxHfLAsjHkDRmG83UXe8K0\n",
+            "u:$apr1$xxxxxxxx$dxHfLAsjHkDRmG83UXe8K\n",
+            "u:$apr1$xx!xxxxx$dxHfLAsjHkDRmG83UXe8K0\n",
+            "u:$apr1$$dxHfLAsjHkDRmG83UXe8K0\n",
+            "u:$apr1$xxxxxxxx\n",
+        ] {
+            let e = one_error(bad);
+            assert!(
+                e.starts_with("line 1: user \"u\": malformed $apr1$ hash"),
+                "{bad}: {e}"
+            );
+            assert!(!e.contains("dxHf"), "{e}");
+        }
+        let e = one_error("u:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g\n");
+        assert!(e.contains("malformed {SHA} hash"), "{e}");
+        let e = one_error("u:{SHA}AAAA\n");
+        assert!(e.contains("malformed {SHA} hash"), "{e}");
+        assert!(!e.contains("AAAA"), "{e}");
         let e = one_error("u:abJnggxhB/yWI\n");
-        assert!(e.contains("plain crypt"), "{e}");
-        assert!(!e.contains("abJngg"));
+        assert!(e.contains("crypt(3) DES hashes are refused"), "{e}");
+        assert!(!e.contains("abJngg"), "{e}");
+    }
+
+    #[test]
+    fn weak_users_are_listed_with_their_lines() {
+        let b = bcrypt_hash("x");
+        let text = format!(
+            "# c\nbc:{b}\na:$apr1$xxxxxxxx$dxHfLAsjHkDRmG83UXe8K0\nbad:$apr1$\ns:{{SHA}}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n"
+        );
+        let weak = weak_users(text.as_bytes());
+        assert_eq!(
+            weak,
+            vec![
+                (3, "a".to_owned(), "$apr1$ (MD5, 1000 rounds)"),
+                (5, "s".to_owned(), "{SHA} (one unsalted SHA-1)"),
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_unsupported_schemes_without_printing_hash() {
         let e = one_error("u:$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\n");
         assert!(e.contains("unsupported hash $argon2i$"), "{e}");
         let e = one_error("u:$argon2d$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo\n");
         assert!(e.contains("unsupported hash $argon2d$"), "{e}");
         let e = one_error("u:$6$salt$hash\n");
         assert!(e.contains("unsupported hash $6$"), "{e}");
+        assert!(!e.contains("salt"), "{e}");
+        let e = one_error("u:{SSHA}c2FsdHNhbHQ=\n");
+        assert!(e.contains("unsupported hash {SSHA}"), "{e}");
         let e = one_error("u:\n");
         assert!(e.contains("unsupported hash (empty)"), "{e}");
     }
@@ -329,6 +464,8 @@ mod tests {
                     p.p_cost()
                 )
             }
+            StoredHash::Apr1(_) => "apr1".to_owned(),
+            StoredHash::Sha1(_) => "sha1".to_owned(),
         }
     }
 

@@ -624,6 +624,20 @@ pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("&"))
 }
 
+/// One advice line per user of an htpasswd file whose hash is weak (apr1, `{SHA}`), naming
+/// the line and user but never the hash.
+pub fn weak_htpasswd_users(bytes: &[u8]) -> Vec<String> {
+    htpasswd::weak_users(bytes)
+        .into_iter()
+        .map(|(line, user, scheme)| {
+            format!(
+                "line {line}: user {user:?} has a weak {scheme} hash, fast to crack if the \
+                 file leaks; re-hash it with `wsgate hash-password`"
+            )
+        })
+        .collect()
+}
+
 /// Why `hash_password` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {

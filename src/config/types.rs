@@ -201,7 +201,7 @@ pub struct BasicConfig {
     /// Realm sent in `WWW-Authenticate`.
     #[schemars(with = "leaf::Realm")]
     pub realm: String,
-    /// htpasswd file: user:hash lines, bcrypt ($2a$/$2b$/$2y$) or argon2id.
+    /// htpasswd file: user:hash lines, bcrypt ($2a$/$2b$/$2y$) or argon2id; apr1 and {SHA} load with a warning.
     #[schemars(with = "leaf::FilePath")]
     pub htpasswd: PathBuf,
     /// How long a verified user/password pair is remembered (0s = off).

@@ -40,6 +40,17 @@ pub fn warnings(config: &Config) -> Vec<ConfigError> {
             ));
         }
     }
+    for (name, auth) in &config.auth {
+        // Unreadable files are errors reported by the load itself; only readable ones are
+        // looked at here.
+        if let AuthConfig::Basic(b) = auth
+            && let Ok(bytes) = std::fs::read(&b.htpasswd)
+        {
+            for advice in crate::auth::weak_htpasswd_users(&bytes) {
+                out.push(ConfigError::new(format!("auth.{name}.htpasswd"), advice));
+            }
+        }
+    }
     out
 }
 
