@@ -247,17 +247,18 @@ async fn kid_selects_the_key_among_rsa_ec_and_ed_keys() {
     let rsa = SigningKey::new("r1", Algorithm::RS256);
     let ec = SigningKey::new("e1", Algorithm::ES256);
     let ed = SigningKey::new("d1", Algorithm::EdDSA);
-    let server = KeyServer::start(jwks_of(&[&rsa, &ec, &ed])).await;
+    let ps = SigningKey::new("p1", Algorithm::PS256);
+    let server = KeyServer::start(jwks_of(&[&rsa, &ec, &ed, &ps])).await;
     let up = echo_upstream().await;
     let gate = start_gate(
         Files::new(),
         &config(
             up.addr,
-            &jwks_auth(&server.url(), "RS256, ES256, EdDSA", ""),
+            &jwks_auth(&server.url(), "RS256, PS256, ES256, EdDSA", ""),
         ),
     )
     .await;
-    for k in [&rsa, &ec, &ed] {
+    for k in [&rsa, &ec, &ed, &ps] {
         assert_eq!(status_with(&gate, &k.token()).await, 101, "{}", k.kid);
     }
     assert_eq!(up.last().header("x-auth-user"), Some("alice"));
@@ -267,6 +268,16 @@ async fn kid_selects_the_key_among_rsa_ec_and_ed_keys() {
     // Signed by another RSA key under r1's kid.
     let other = SigningKey::new("r1", Algorithm::RS256);
     assert_eq!(status_with(&gate, &other.token()).await, 401);
+    // p1's JWK pins alg PS256: an RS256 token signed by the same key under p1 is refused.
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("p1".into());
+    let pinned = jsonwebtoken::encode(
+        &header,
+        &json!({"sub": "alice", "exp": now_secs() + 600}),
+        &ps.enc,
+    )
+    .unwrap();
+    assert_eq!(status_with(&gate, &pinned).await, 401);
     // No kid: every key of the token's type is tried.
     assert_eq!(
         status_with(&gate, &ec.token_with_kid(None, json!({}))).await,
@@ -274,7 +285,7 @@ async fn kid_selects_the_key_among_rsa_ec_and_ed_keys() {
     );
     assert_eq!(
         gate.metric("wsgate_jwks_keys{authenticator=\"idp\"}").await,
-        3.0
+        4.0
     );
     assert_eq!(
         gate.metric("wsgate_jwks_refreshes_total{authenticator=\"idp\",result=\"ok\"}")
@@ -284,7 +295,7 @@ async fn kid_selects_the_key_among_rsa_ec_and_ed_keys() {
     assert_eq!(
         gate.metric("wsgate_auth_failures_total{reason=\"bad_signature\",route=\"/ws\"}")
             .await,
-        2.0
+        3.0
     );
 }
 
