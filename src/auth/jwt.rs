@@ -267,17 +267,16 @@ fn decode_with(
         Lookup::Unfit => return Some(Err(AuthFailure::BadSignature)),
         Lookup::Keys(keys) => keys,
     };
-    let mut result = Err(AuthFailure::BadSignature);
     for k in keys {
         match jsonwebtoken::decode::<serde_json::Value>(token, &k.key, validation) {
             Ok(data) => return Some(Ok(data.claims)),
+            // Another key (of a token without kid) may still fit.
             Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {}
-            // Past the signature (claims) or not about this key: the verdict.
+            // Past the signature (claims), or the token itself is broken: the verdict.
             Err(e) => return Some(Err(map_error(e.kind()))),
         }
-        result = Err(AuthFailure::BadSignature);
     }
-    Some(result)
+    Some(Err(AuthFailure::BadSignature))
 }
 
 impl Jwt {
@@ -691,6 +690,63 @@ pub(crate) mod tests {
         )
         .expect("encode");
         assert_eq!(check_bearer(&j, &t).expect("admit").user, "alice");
+    }
+
+    /// A JWKS file authenticator mixes key families and never waits when nothing fetches.
+    #[tokio::test]
+    async fn jwks_file_keys_by_kid_across_families() {
+        use base64::Engine as _;
+        use jsonwebtoken::jwk::Jwk;
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("keygen");
+        let ec_enc = EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).expect("enc");
+        let mut ec_jwk =
+            serde_json::to_value(Jwk::from_encoding_key(&ec_enc, Algorithm::ES256).expect("jwk"))
+                .expect("json");
+        ec_jwk["kid"] = json!("ec");
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("keygen");
+        let ed_enc = EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).expect("enc");
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ed.public_key_raw());
+        let ed_jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "ed"});
+        let f = pem_file(&json!({"keys": [ec_jwk, ed_jwk]}).to_string());
+        let cfg = JwtConfig {
+            algorithms: vec![Algorithm::ES256, Algorithm::EdDSA],
+            key: JwtKey::Jwks(crate::config::JwksSource::File(f.path().to_path_buf())),
+            ..hs_cfg()
+        };
+        let j = Jwt::build(&cfg).expect("build");
+        let token = |alg, kid: &str, key: &EncodingKey| {
+            let mut h = Header::new(alg);
+            h.kid = Some(kid.into());
+            encode(&h, &good_claims(), key).expect("encode")
+        };
+        let j = &j;
+        let ok =
+            |t: String| async move { j.check(&bearer(&t), None).await.map(|v| v.identity.user) };
+        assert_eq!(
+            ok(token(Algorithm::ES256, "ec", &ec_enc)).await,
+            Ok("alice".into())
+        );
+        assert_eq!(
+            ok(token(Algorithm::EdDSA, "ed", &ed_enc)).await,
+            Ok("alice".into())
+        );
+        // Wrong key for the kid, unknown kid (no refresh task: refused at once).
+        let start = std::time::Instant::now();
+        assert_eq!(
+            ok(token(Algorithm::EdDSA, "ec", &ed_enc)).await,
+            Err(AuthFailure::BadSignature)
+        );
+        assert_eq!(
+            ok(token(Algorithm::ES256, "nope", &ec_enc)).await,
+            Err(AuthFailure::BadSignature)
+        );
+        assert!(start.elapsed() < Duration::from_secs(1));
+        // HS256 is never accepted with a JWKS, even with a key's bytes as the secret.
+        let cfg = JwtConfig {
+            algorithms: vec![Algorithm::HS256],
+            ..cfg
+        };
+        assert_eq!(Jwt::build(&cfg).expect_err("hs")[0].path, "algorithms");
     }
 
     #[test]
