@@ -731,7 +731,7 @@ pub(crate) mod tests {
             Ok("alice".into())
         );
         // Wrong key for the kid, unknown kid (no refresh task: refused at once).
-        let start = std::time::Instant::now();
+        let start = tokio::time::Instant::now();
         assert_eq!(
             ok(token(Algorithm::EdDSA, "ec", &ed_enc)).await,
             Err(AuthFailure::BadSignature)
