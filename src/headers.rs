@@ -115,6 +115,26 @@ pub fn is_websocket_101(headers: &HeaderMap, key: &[u8]) -> bool {
         && accepts[0].as_bytes() == websocket_accept(key).as_bytes()
 }
 
+/// Joins the `Cookie` fields an HTTP/2 client may send one per cookie into the single
+/// header HTTP/1.1 allows, with "; " (RFC 9113 §8.2.3).
+pub fn join_cookie_crumbs(headers: &mut http::HeaderMap) {
+    let mut all = headers.get_all(http::header::COOKIE).iter();
+    if all.next().is_none() || all.next().is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for v in headers.get_all(http::header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Every part was a valid header value, so their join with "; " is one too.
+    if let Ok(v) = http::HeaderValue::from_bytes(&joined) {
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,10 +2,11 @@
 //!
 //! ```text
 //!  listener ──► proxy_protocol ──► tls ──► proxy::conn ──► proxy::handler ──► route ──► auth ──► balance/upstream ──► splice
-//!  (accept,     (opt-in PROXY      (rustls,  (hyper h1,     (request phases:    (prefix   (basic,   (pick a server,        (one future,
-//!   permits,     v1/v2 header)      timeout)  upgrades,      origin, rate,       match)    jwt)      connect, forward,      both ways,
-//!   limits)                                   drain)         refusals via                            101 check)             registry entry)
-//!                                                            proxy::response)
+//!  (accept,     (opt-in PROXY      (rustls,  (hyper h1 or   (request phases:    (prefix   (basic,   (pick a server,        (one future,
+//!   permits,     v1/v2 header)      timeout,  h2 by ALPN,    origin, rate,       match)    jwt,      connect, forward,      both ways,
+//!   limits)                         ALPN)     upgrades,      refusals via                  forward)  101 check)             registry entry)
+//!                                             drain)         proxy::response;
+//!                                                            extended_connect: RFC 8441)
 //!  side channels: metrics (handles), admin (/metrics /healthz /readyz, POST /reload, GET /events),
 //!                 tracing logs, events (connected/disconnected: route webhooks, SSE hub),
 //!                 registry (open tunnels: idle sweeper, drain deadline, admin API),

@@ -218,15 +218,34 @@ async fn handle_connection(
                 }
             };
             let metrics = shared.metrics.clone();
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2);
+            let http2 = runtime
+                .config
+                .listeners
+                .get(index)
+                .map(|l| l.http2.clone())
+                .unwrap_or_default();
             let handler = Handler::new(state, ClientConn { peer, tls: true }, shared, permits);
-            crate::proxy::conn::serve(
-                tls_stream,
-                handler,
-                timeouts.request_header,
-                draining,
-                &metrics,
-            )
-            .await;
+            if h2 {
+                crate::proxy::conn::serve_h2(
+                    tls_stream,
+                    handler,
+                    &http2,
+                    timeouts.request_header,
+                    draining,
+                    &metrics,
+                )
+                .await;
+            } else {
+                crate::proxy::conn::serve(
+                    tls_stream,
+                    handler,
+                    timeouts.request_header,
+                    draining,
+                    &metrics,
+                )
+                .await;
+            }
         }
     }
 }

@@ -58,6 +58,33 @@ pub const FRAMES_UNTRACKABLE_TOTAL: &str = "wsgate_frames_untrackable_total";
 pub const JWKS_REFRESHES_TOTAL: &str = "wsgate_jwks_refreshes_total";
 /// Usable keys in an authenticator's JWKS, as of its last successful fetch.
 pub const JWKS_KEYS: &str = "wsgate_jwks_keys";
+/// WebSocket upgrades completed, per route and client protocol (`http1`, `h2`).
+pub const UPGRADES_BY_PROTOCOL_TOTAL: &str = "wsgate_upgrades_by_protocol_total";
+/// Client connections served, by the HTTP protocol they spoke (`http1`, `h2`).
+pub const CLIENT_CONNECTIONS_BY_PROTOCOL_TOTAL: &str =
+    "wsgate_client_connections_by_protocol_total";
+
+/// The HTTP protocol a client connection speaks (the `protocol` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (WebSockets by `Upgrade`).
+    Http1,
+    /// HTTP/2 over TLS (WebSockets by extended CONNECT, RFC 8441).
+    H2,
+}
+
+impl Protocol {
+    /// Every value, in label order.
+    pub const ALL: [Protocol; 2] = [Protocol::Http1, Protocol::H2];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2 => "h2",
+        }
+    }
+}
 
 /// The `route` label used when no route matched.
 pub const NO_ROUTE: &str = "unmatched";
@@ -146,6 +173,8 @@ pub struct Metrics {
     messages_total: IntCounterVec,
     frames_untrackable_total: IntCounterVec,
     jwks: JwksVecs,
+    upgrades_by_protocol_total: IntCounterVec,
+    client_connections_by_protocol: [IntCounter; 2],
     /// Listener → subject of its exported expiry series, to drop the series a renewed
     /// certificate with another subject leaves behind.
     cert_subjects: Arc<Mutex<HashMap<String, String>>>,
@@ -179,6 +208,8 @@ pub struct RouteMetrics {
     pub messages_c2u: IntCounter,
     /// `wsgate_messages_total{route,direction="upstream_to_client"}`.
     pub messages_u2c: IntCounter,
+    /// `wsgate_upgrades_by_protocol_total{route,protocol}`, in `Protocol::ALL` order.
+    pub upgrades_by_protocol: [IntCounter; 2],
     metrics: Metrics,
 }
 
@@ -327,6 +358,24 @@ impl Metrics {
         registry.register(Box::new(connections_closed_total.clone()))?;
         registry.register(Box::new(messages_total.clone()))?;
         registry.register(Box::new(frames_untrackable_total.clone()))?;
+        let upgrades_by_protocol_total = IntCounterVec::new(
+            Opts::new(
+                UPGRADES_BY_PROTOCOL_TOTAL,
+                "WebSocket upgrades completed, by the client's HTTP protocol.",
+            ),
+            &["route", "protocol"],
+        )?;
+        let client_connections_by_protocol_total = IntCounterVec::new(
+            Opts::new(
+                CLIENT_CONNECTIONS_BY_PROTOCOL_TOTAL,
+                "Client connections served, by the HTTP protocol they spoke.",
+            ),
+            &["protocol"],
+        )?;
+        registry.register(Box::new(upgrades_by_protocol_total.clone()))?;
+        registry.register(Box::new(client_connections_by_protocol_total.clone()))?;
+        let client_connections_by_protocol = Protocol::ALL
+            .map(|p| client_connections_by_protocol_total.with_label_values(&[p.as_str()]));
         registry.register(Box::new(config_reloads_total.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
@@ -379,6 +428,8 @@ impl Metrics {
             connections_closed_total,
             messages_total,
             frames_untrackable_total,
+            upgrades_by_protocol_total,
+            client_connections_by_protocol,
             cert_subjects: Arc::default(),
         })
     }
@@ -463,6 +514,10 @@ impl Metrics {
             messages_u2c: self
                 .messages_total
                 .with_label_values(&[route, "upstream_to_client"]),
+            upgrades_by_protocol: Protocol::ALL.map(|p| {
+                self.upgrades_by_protocol_total
+                    .with_label_values(&[route, p.as_str()])
+            }),
             metrics: self.clone(),
         }
     }
@@ -498,6 +553,11 @@ impl Metrics {
         self.handshakes_total
             .with_label_values(&[route, outcome.as_str()])
             .inc();
+    }
+
+    /// Counts a client connection served with `protocol`.
+    pub fn client_connection_protocol(&self, protocol: Protocol) {
+        self.client_connections_by_protocol[protocol as usize].inc();
     }
 
     /// Counts a client connection as open until the returned guard is dropped.
@@ -548,6 +608,11 @@ impl RouteMetrics {
         }
     }
 
+    /// Counts a completed upgrade by the client's protocol.
+    pub fn upgraded_over(&self, protocol: Protocol) {
+        self.upgrades_by_protocol[protocol as usize].inc();
+    }
+
     /// Counts a tunnel whose framing was lost.
     pub fn untrackable(&self, reason: &str) {
         self.metrics.untrackable(&self.route, reason);
@@ -568,7 +633,9 @@ impl RouteMetrics {
 }
 
 /// The `reason` label values of `wsgate_auth_failures_total` (the contract's list).
-pub const AUTH_FAILURE_REASONS: [&str; 7] = [
+/// `denied`: a forward-auth service answered 401/403; `auth_unavailable`: it could not judge
+/// (the handshake is then counted `upstream_error`, answered 503).
+pub const AUTH_FAILURE_REASONS: [&str; 9] = [
     "missing",
     "malformed",
     "bad_credentials",
@@ -576,6 +643,8 @@ pub const AUTH_FAILURE_REASONS: [&str; 7] = [
     "not_yet_valid",
     "bad_signature",
     "bad_claims",
+    "denied",
+    "auth_unavailable",
 ];
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ pub fn build_with(
                 .ok()
         }));
         match key {
-            Ok(key) => match crate::tls::server_config(key) {
+            Ok(key) => match crate::tls::server_config(key, l.http2.enabled) {
                 Ok(cfg) => listener_tls.push(Some(cfg)),
                 Err(e) => {
                     errors.push(error(format!("listeners[{i}].tls"), e.to_string()));

@@ -79,13 +79,25 @@ impl ResolvesServerCert for SingleCert {
     }
 }
 
-/// Builds a TLS 1.2/1.3 server config offering `http/1.1` by ALPN.
-pub fn server_config(key: Arc<CertifiedKey>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+/// ALPN id of HTTP/2 (RFC 7540 §3.1).
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// Builds a TLS 1.2/1.3 server config offering `h2` (when `http2`) and `http/1.1` by ALPN.
+pub fn server_config(
+    key: Arc<CertifiedKey>,
+    http2: bool,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SingleCert(key)));
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The server's order wins (rustls picks its first protocol the client offers): h2 first,
+    // so a browser's page and its WebSockets share one connection.
+    cfg.alpn_protocols = if http2 {
+        vec![ALPN_H2.to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(Arc::new(cfg))
 }
 

@@ -129,15 +129,24 @@ fn locate(schema: &serde_json::Value, segs: &[&str]) -> Option<String> {
             node = p;
             location.push(seg.to_string());
         } else if let Some(extra) = node.get("additionalProperties").filter(|a| a.is_object()) {
-            // A map entry (an authenticator name): pick the branch that has the next key.
+            // A map entry (an authenticator name): pick the branch that has the next key,
+            // the one whose type is the entry's name when several have it (`cache_ttl`).
             let next = segs.get(n + 1)?;
+            let has_next =
+                |b: &&serde_json::Value| b.get("properties").and_then(|p| p.get(*next)).is_some();
+            let named = |b: &&serde_json::Value| {
+                b.pointer("/properties/type/const").and_then(|t| t.as_str()) == Some(*seg)
+            };
             node = extra
                 .get("oneOf")
                 .and_then(|b| b.as_array())
                 .and_then(|branches| {
+                    let mut with_key = branches.iter().filter(has_next);
                     branches
                         .iter()
-                        .find(|b| b.get("properties").and_then(|p| p.get(*next)).is_some())
+                        .filter(has_next)
+                        .find(named)
+                        .or_else(|| with_key.next())
                 })
                 .unwrap_or(extra);
             let tag = node

@@ -327,7 +327,8 @@ fn write_cert(dir: &Path) {
 
 impl Gate {
     /// Starts `target/debug/wsgate` with the given `routes:` block (YAML, indented by 2) and
-    /// authenticators `users` (Basic, realm wsgate, alice) and `jwt` (HS256, `?token=`).
+    /// authenticators `users` (Basic, realm wsgate, alice), `jwt` (HS256, `?token=`) and `k8s`
+    /// (HS256 in a `base64url.bearer.authorization.k8s.io.` subprotocol).
     fn start(routes: &str) -> Gate {
         let dir = tempfile::tempdir().unwrap();
         write_cert(dir.path());
@@ -358,6 +359,11 @@ auth:
     algorithms: [HS256]
     secret: "${{WSGATE_JWT_SECRET}}"
     leeway: 30s
+  k8s:
+    type: jwt
+    algorithms: [HS256]
+    secret: "${{WSGATE_JWT_SECRET}}"
+    from: [subprotocol: "base64url.bearer.authorization.k8s.io."]
 routes:
 {routes}
 shutdown:
@@ -1011,6 +1017,168 @@ fn chromium_basic_challenge_token_and_wss() {
     let c = pages.wait_event("connection", |c| c["url"] == "/basic/tls");
     assert_eq!(c["user"], "alice", "{c}");
     assert_eq!(c["proto"], "https", "{c}");
+}
+
+/// RFC 8441 in a real browser: a page loaded over HTTPS from the gateway (HTTP/2 by ALPN)
+/// opens several wss:// WebSockets at once on that origin; Chromium carries them as extended
+/// CONNECT streams on the page's own connection, and the gateway's metrics say so.
+#[test]
+fn chromium_holds_several_websockets_on_one_http2_connection() {
+    if !ready(
+        "chromium_holds_several_websockets_on_one_http2_connection",
+        [common::Tool::File(PathBuf::from("/usr/bin/chromium"))],
+    ) {
+        return;
+    }
+    need(Path::new("/usr/bin/chromium"));
+    let logs = logs();
+    let port = free_port();
+    let pages = backend(
+        "page_server",
+        node("page_server.js", &[&port.to_string()]),
+        logs.path(),
+    );
+    let gate = Gate::start(
+        &(route("/page", port, "")
+            + &route("/basic", port, "users")
+            + &route("/token", port, "jwt")),
+    );
+    let spki = spki_of(gate.dir.path());
+    let token = common::jwt(json!({"sub": "frank"}));
+    let profile = tempfile::tempdir().unwrap();
+    let t = gate.tls;
+    let args = [
+        profile.path().display().to_string(),
+        format!("https://{t}/page/index.html"),
+        format!("wss://{t}/token/h2-a?token={token}"),
+        format!("wss://{t}/token/h2-b?token={token}"),
+        format!("wss://{USER}:{PASS}@{t}/basic/h2-c"),
+        "--spki".into(),
+        spki,
+    ];
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Chromium's own record of its HTTP/2 sessions: which requests went on which connection.
+    let netlog = logs.path().join("chromium-netlog.json");
+    let mut cmd = node("browser_many.js", &refs);
+    cmd.env("NETLOG", &netlog);
+    let v = run_client("chromium_h2", cmd, logs.path(), Duration::from_secs(60));
+    assert!(v.get("fatal").is_none(), "{v}");
+    assert_eq!(v["pageStatus"], 200, "{v}");
+    assert_eq!(
+        v["httpVersion"], "h2",
+        "the page itself came over HTTP/2: {v}"
+    );
+    for r in v["results"].as_array().unwrap() {
+        assert_eq!(r["opened"], true, "{v}");
+        assert_eq!(r["openWhenAllEchoed"], true, "all held open at once: {v}");
+        assert_eq!(r["messages"][0], "hello from page server", "{v}");
+        assert_eq!(r["closeCode"], 1000, "{v}");
+    }
+    let c = pages.wait_event("connection", |c| c["url"] == "/basic/h2-c");
+    assert_eq!(c["user"], "alice", "{c}");
+    assert_eq!(c["proto"], "https", "{c}");
+    let c = pages.wait_event("connection", |c| c["url"] == "/token/h2-a");
+    assert_eq!(c["user"], "frank", "{c}");
+
+    let h2 = gate.metric("wsgate_upgrades_by_protocol_total", &[("protocol", "h2")]);
+    let h1 = gate.metric(
+        "wsgate_upgrades_by_protocol_total",
+        &[("protocol", "http1")],
+    );
+    assert_eq!((h2, h1), (3.0, 0.0), "upgrades over h2 / http1");
+    // Chromium preconnects a spare socket or two, so the gateway may count more than one h2
+    // connection; its net log says which one carried what.
+    let conns = gate.metric(
+        "wsgate_client_connections_by_protocol_total",
+        &[("protocol", "h2")],
+    );
+    let h1_conns = gate.metric(
+        "wsgate_client_connections_by_protocol_total",
+        &[("protocol", "http1")],
+    );
+    assert!(
+        conns >= 1.0 && h1_conns == 0.0,
+        "h2 {conns}, http1 {h1_conns}"
+    );
+    let sessions = http2_sessions(&netlog);
+    let used: Vec<_> = sessions.values().filter(|h| !h.is_empty()).collect();
+    assert_eq!(
+        used.len(),
+        1,
+        "one HTTP/2 session carried requests: {sessions:?}"
+    );
+    let heads = used[0];
+    assert!(
+        heads
+            .iter()
+            .any(|h| h.contains(":method: GET") && h.contains(":path: /page/index.html")),
+        "{heads:?}"
+    );
+    let connects: Vec<&String> = heads
+        .iter()
+        .filter(|h| h.contains(":method: CONNECT") && h.contains(":protocol: websocket"))
+        .collect();
+    // The Basic one twice: bare, refused with the challenge (a 401 on its stream), then with
+    // the credentials, on the same connection.
+    let mut paths: Vec<(&str, bool)> = connects
+        .iter()
+        .filter_map(|h| {
+            let path = h.lines().find_map(|l| l.strip_prefix(":path: "))?;
+            let path = path.split('?').next().unwrap_or(path);
+            Some((path, h.contains("\nauthorization:")))
+        })
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            ("/basic/h2-c", false),
+            ("/basic/h2-c", true),
+            ("/token/h2-a", false),
+            ("/token/h2-b", false)
+        ],
+        "{heads:?}"
+    );
+    let challenged = gate.metric(
+        "wsgate_handshakes_total",
+        &[("route", "/basic"), ("outcome", "challenged")],
+    );
+    assert_eq!(challenged, 1.0);
+}
+
+/// Chromium's net log (`--log-net-log`): the request headers sent on each HTTP/2 session, by
+/// session id, one string of `name: value` lines per request.
+fn http2_sessions(netlog: &Path) -> std::collections::BTreeMap<u64, Vec<String>> {
+    let text = std::fs::read_to_string(netlog).expect("Chromium wrote no net log");
+    // Chromium writes one event per line and closes the list at exit; a browser stopped
+    // before that leaves the log cut after some event: keep the complete ones.
+    let log: Value = serde_json::from_str(&text)
+        .or_else(|_| {
+            let end = text.rfind("},\n").map_or(0, |i| i + 1);
+            serde_json::from_str(&format!("{}]}}", &text[..end]))
+        })
+        .unwrap_or_else(|e| panic!("net log is not JSON ({e}): {} bytes", text.len()));
+    let id_of = |kind: &str| log["constants"]["logEventTypes"][kind].as_u64().unwrap();
+    let (session, send_headers) = (id_of("HTTP2_SESSION"), id_of("HTTP2_SESSION_SEND_HEADERS"));
+    let mut sessions = std::collections::BTreeMap::new();
+    for e in log["events"].as_array().unwrap() {
+        let Some(source) = e["source"]["id"].as_u64() else {
+            continue;
+        };
+        let kind = e["type"].as_u64();
+        if kind == Some(session) {
+            sessions.entry(source).or_insert_with(Vec::new);
+        } else if kind == Some(send_headers) {
+            let lines: Vec<&str> = e["params"]["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            sessions.entry(source).or_default().push(lines.join("\n"));
+        }
+    }
+    sessions
 }
 
 /// base64(sha256(SPKI)) of the gateway's certificate, via openssl.
@@ -1669,4 +1837,73 @@ fn prometheus_server_scrapes_online_count() {
         assert_eq!(v["status"], "success", "dashboard expr {expr:?}: {v}");
     }
     drop(prom);
+}
+
+#[test]
+fn chromium_subprotocol_token_reaches_upstream_as_the_real_subprotocol_only() {
+    if !ready(
+        "chromium_subprotocol_token_reaches_upstream_as_the_real_subprotocol_only",
+        [common::Tool::File(PathBuf::from("/usr/bin/chromium"))],
+    ) {
+        return;
+    }
+    use base64::Engine as _;
+    let logs = logs();
+    let port = free_port();
+    let pages = backend(
+        "page_server",
+        node("page_server.js", &[&port.to_string()]),
+        logs.path(),
+    );
+    let gate = Gate::start(&(route("/page", port, "") + &route("/k8s", port, "k8s")));
+    let token = common::jwt(json!({"sub": "grace"}));
+    let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&token);
+    let protocols = format!("base64url.bearer.authorization.k8s.io.{enc},chat");
+    let forged = common::jwt_with(
+        json!({"sub": "grace", "exp": common::now_secs() + 300}),
+        "not-the-gateway-secret-0123456789abcdef",
+        jsonwebtoken::Algorithm::HS256,
+    );
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&forged);
+    let v = browser(
+        "chromium_subprotocol",
+        logs.path(),
+        &format!("http://{}/page/index.html", gate.addr),
+        &[
+            // A forged token first: refused before the upstream.
+            format!(
+                "{}|base64url.bearer.authorization.k8s.io.{forged},chat",
+                gate.ws("/k8s/bad")
+            ),
+            format!("{}|{protocols}", gate.ws("/k8s/ok")),
+        ],
+        None,
+    );
+    let res = &v["results"];
+    assert_eq!(res[0]["opened"], false, "forged token opened: {v}");
+    assert_echoed(&res[1]);
+    assert_eq!(res[1]["protocol"], "chat", "the page speaks chat: {v}");
+    let c = pages.wait_event("connection", |c| c["url"] == "/k8s/ok");
+    assert_eq!(c["user"], "grace", "{c}");
+    assert_eq!(c["protocols"], "chat", "the upstream saw the token: {c}");
+    assert!(
+        pages
+            .events("connection")
+            .iter()
+            .all(|c| c["url"] != "/k8s/bad")
+    );
+    let text = gate.metrics();
+    assert_eq!(
+        metric_sum(
+            &text,
+            "wsgate_auth_failures_total",
+            &[("route", "/k8s"), ("reason", "bad_signature")],
+        ),
+        1.0,
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("/k8s"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

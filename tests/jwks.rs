@@ -868,6 +868,8 @@ async fn bench_jwks_lookup() {
                 client: None,
                 client_ip: [127, 0, 0, 1].into(),
                 tls: false,
+                peer: [127, 0, 0, 1].into(),
+                trusted_proxies: None,
             };
             let start = Instant::now();
             for _ in 0..n {

@@ -9,8 +9,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{AlgorithmFamily, DecodingKey, Validation};
 
 use super::jwks::{Jwks, Lookup};
-use super::{AuthFailure, Identity, Scheme, authorization, query_param};
-use crate::config::{ConfigError, JwtConfig, PublicFamily, VerifyKey};
+use super::{AuthFailure, Identity, sources};
+use crate::config::{ConfigError, JwtConfig, PublicFamily, TokenSource, VerifyKey};
 
 /// Where verification keys come from.
 enum Keys {
@@ -48,8 +48,8 @@ pub(crate) struct Jwt {
     owned: Vec<HeaderName>,
     /// Allow-list, leeway, required claims, issuer/audience.
     validation: Validation,
-    /// Query parameter carrying the token.
-    query_param: String,
+    /// Where the token is looked for, in order (`from:`).
+    sources: Vec<TokenSource>,
     /// Longer tokens are refused before any decoding.
     max_token_bytes: usize,
     /// Oldest acceptable `iat`, as an age; `None`: `iat` is not looked at.
@@ -57,15 +57,29 @@ pub(crate) struct Jwt {
 }
 
 impl Jwt {
-    /// The query parameter this authenticator reads its token from.
-    pub(crate) fn query_param(&self) -> &str {
-        &self.query_param
+    /// The query parameters this authenticator reads its token from.
+    pub(crate) fn query_params(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().filter_map(|s| match s {
+            TokenSource::Query(name) => Some(name.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Where this authenticator reads its token (each is removed before forwarding).
+    pub(crate) fn sources(&self) -> &[TokenSource] {
+        &self.sources
     }
 
     /// Loads the key and prepares the validation; error paths are relative to the
     /// authenticator. The config rules (key fits the algorithms, secret length, …) live in
     /// `config::check_jwt`, so a programmatic config gets the same checks and messages.
     pub(crate) fn build(cfg: &JwtConfig) -> Result<Self, Vec<ConfigError>> {
+        let sources = crate::config::resolve_token_sources(cfg).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|(field, m)| ConfigError::new(field, m))
+                .collect::<Vec<_>>()
+        })?;
         let (first, key) = crate::config::check_jwt(cfg).map_err(|problems| {
             problems
                 .into_iter()
@@ -146,7 +160,7 @@ impl Jwt {
             claim_headers,
             owned,
             validation,
-            query_param: cfg.query_param.clone(),
+            sources,
             max_token_bytes: cfg.max_token_bytes,
             max_token_age: cfg.max_token_age,
         })
@@ -165,32 +179,24 @@ impl Jwt {
         }
     }
 
-    /// Finds and judges the token. Both a Bearer header and the query parameter at once
-    /// is `Malformed`: it is ambiguous, and whichever we ignored would reach the upstream.
+    /// Finds and judges the token. A token in two places (say a Bearer header and a cookie)
+    /// is `Malformed`, even the same one twice: which is meant is ambiguous, and whichever we
+    /// ignored would reach the upstream.
     pub(crate) async fn check(
         &self,
         headers: &http::HeaderMap,
         query: Option<&str>,
     ) -> Result<Verified, AuthFailure> {
-        let from_header = match authorization(headers)? {
-            Some((Scheme::Bearer, rest)) => Some(rest),
-            _ => None,
-        };
-        let from_query = match query {
-            // Bound the encoded form too, so decoding a huge value is never attempted
-            // (percent-encoding at most triples the length).
-            Some(q) => query_param(q, &self.query_param, self.max_token_bytes.saturating_mul(3))?,
-            None => None,
-        };
-        let token = match (from_header, from_query) {
-            (Some(_), Some(_)) => return Err(AuthFailure::Malformed),
-            (Some(h), None) => std::str::from_utf8(h)
-                .map_err(|_| AuthFailure::Malformed)?
-                .to_owned(),
-            (None, Some(q)) => q,
-            (None, None) => return Err(AuthFailure::Missing),
-        };
-        self.verify(&token).await
+        let mut token: Option<String> = None;
+        for source in &self.sources {
+            if let Some(found) = sources::find(source, headers, query, self.max_token_bytes)? {
+                if token.is_some() {
+                    return Err(AuthFailure::Malformed);
+                }
+                token = Some(found);
+            }
+        }
+        self.verify(&token.ok_or(AuthFailure::Missing)?).await
     }
 
     /// Signature, then claims. Signature first, so a forger learns nothing about claims.
@@ -358,7 +364,7 @@ impl std::fmt::Debug for Jwt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Jwt")
             .field("algorithms", &self.validation.algorithms)
-            .field("query_param", &self.query_param)
+            .field("sources", &self.sources)
             .field("max_token_bytes", &self.max_token_bytes)
             .finish_non_exhaustive()
     }

@@ -1,4 +1,5 @@
-//! Authentication on the upgrade request: Basic (htpasswd) and JWT.
+//! Authentication on the upgrade request: Basic (htpasswd), JWT, and forward auth (an HTTP
+//! auth service judges each request).
 //!
 //! Authenticators are built once per config load (files read, hashes and keys parsed),
 //! then shared by routes. A route tries its authenticators in order and the first that
@@ -8,17 +9,19 @@
 mod basic;
 mod cache;
 mod claims;
+mod forward;
 mod htpasswd;
 mod jwks;
 mod jwt;
 mod limiter;
 pub mod mint;
+mod sources;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
 pub use limiter::{ACQUIRE_TIMEOUT, HashLimiter, WAITERS_PER_PERMIT};
 
@@ -50,6 +53,10 @@ pub struct AuthRequest<'a> {
     pub client_ip: IpAddr,
     /// Whether the client connection is TLS (`X-Forwarded-Proto`).
     pub tls: bool,
+    /// The socket peer (a proxy's address behind `trusted_proxies`), for `X-Forwarded-For`.
+    pub peer: IpAddr,
+    /// `trusted_proxies`, for `X-Forwarded-For` as the upstream would get it.
+    pub trusted_proxies: Option<&'a [ipnet::IpNet]>,
 }
 
 impl<'a> AuthRequest<'a> {
@@ -96,12 +103,48 @@ pub enum AuthFailure {
     /// JWT claims missing or not as required (`sub`, `iss`, `aud`, types).
     #[error("bad token claims")]
     BadClaims,
-    /// Too many password verifications in flight; retry later.
-    #[error("too many password verifications in flight")]
+    /// Too many password verifications (or forward-auth requests) in flight; retry later.
+    #[error("too many verifications in flight")]
     Busy,
     /// This client already has its share of password verifications in flight.
     #[error("too many password verifications in flight from this client")]
     TooMany,
+    /// The forward-auth service refused (401/403); its answer goes to the client.
+    #[error("refused by the auth service")]
+    Denied,
+    /// The forward-auth service could not judge (timeout, connection failure, 5xx, an
+    /// answer without the user header): 503.
+    #[error("auth service unavailable")]
+    Unavailable,
+}
+
+/// The forward-auth service's refusal as the client gets it: the status (401 or 403) and
+/// the `WWW-Authenticate`/`Location` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthReply {
+    /// 401 or 403.
+    pub status: StatusCode,
+    /// The headers passed on to the client.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A refused check: the failure (a metric label) and, when an auth service refused, its
+/// answer for the client. `AuthFailure` stays `Copy`; the reply travels beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Why.
+    pub failure: AuthFailure,
+    /// What the auth service answered, for [`AuthFailure::Denied`].
+    pub reply: Option<AuthReply>,
+}
+
+impl From<AuthFailure> for Rejection {
+    fn from(failure: AuthFailure) -> Self {
+        Rejection {
+            failure,
+            reply: None,
+        }
+    }
 }
 
 impl AuthFailure {
@@ -117,6 +160,8 @@ impl AuthFailure {
             AuthFailure::BadClaims => "bad_claims",
             AuthFailure::Busy => "busy",
             AuthFailure::TooMany => "too_many",
+            AuthFailure::Denied => "denied",
+            AuthFailure::Unavailable => "auth_unavailable",
         }
     }
 }
@@ -137,6 +182,8 @@ enum Kind {
     Basic(basic::Basic),
     /// JWT (query parameter or Bearer).
     Jwt(jwt::Jwt),
+    /// An HTTP auth service asked about each request.
+    Forward(Box<forward::Forward>),
 }
 
 impl Authenticator {
@@ -149,6 +196,7 @@ impl Authenticator {
         let kind = match cfg {
             AuthConfig::Basic(b) => Kind::Basic(basic::Basic::build(b, hash_limiter)?),
             AuthConfig::Jwt(j) => Kind::Jwt(jwt::Jwt::build(j)?),
+            AuthConfig::Forward(f) => Kind::Forward(Box::new(forward::Forward::build(f)?)),
         };
         Ok(Authenticator {
             name: name.to_owned(),
@@ -165,7 +213,7 @@ impl Authenticator {
     pub fn basic_realm(&self) -> Option<&str> {
         match &self.kind {
             Kind::Basic(b) => Some(&b.realm),
-            Kind::Jwt(_) => None,
+            Kind::Jwt(_) | Kind::Forward(_) => None,
         }
     }
 
@@ -183,11 +231,21 @@ impl Authenticator {
     /// Judges the request; a password hash counts against the client's share of the hash
     /// limiter.
     pub async fn check_request(&self, req: &AuthRequest<'_>) -> Result<Admission, AuthFailure> {
+        self.judge(req).await.map_err(|r| r.failure)
+    }
+
+    /// Judges the request as [`check_request`](Self::check_request) does, keeping an auth
+    /// service's refusal for the client.
+    pub async fn judge(&self, req: &AuthRequest<'_>) -> Result<Admission, Rejection> {
         let (identity, upstream_headers) = match &self.kind {
             Kind::Basic(b) => (b.check_from(req.headers, req.client).await?, Vec::new()),
             Kind::Jwt(j) => {
                 let v = j.check(req.headers, req.query()).await?;
                 (v.identity, v.headers)
+            }
+            Kind::Forward(f) => {
+                let answer = f.check(req).await?;
+                (answer.identity, answer.headers)
             }
         };
         Ok(Admission {
@@ -202,6 +260,7 @@ impl Authenticator {
         match &self.kind {
             Kind::Basic(_) => &[],
             Kind::Jwt(j) => j.owned_headers(),
+            Kind::Forward(f) => f.owned_headers(),
         }
     }
 
@@ -248,18 +307,20 @@ impl Authenticator {
         ))
     }
 
-    /// Removes the credentials this authenticator reads from what goes upstream: the
-    /// `Authorization` header and its query parameter, today.
+    /// Removes the credentials this authenticator reads from what goes upstream: Basic's
+    /// `Authorization` header, a JWT's every source (`from:`). Forward auth removes nothing:
+    /// the app behind it reads the same session cookie or token (as behind nginx's
+    /// `auth_request`).
     fn strip_credentials(&self, headers: &mut HeaderMap, query: &mut Option<String>) {
         match &self.kind {
+            Kind::Forward(_) => {}
             Kind::Basic(_) => {
                 headers.remove(http::header::AUTHORIZATION);
             }
             Kind::Jwt(j) => {
-                headers.remove(http::header::AUTHORIZATION);
-                *query = query
-                    .take()
-                    .and_then(|q| strip_query_param(&q, j.query_param()));
+                for source in j.sources() {
+                    sources::strip(source, headers, query);
+                }
             }
         }
     }
@@ -286,6 +347,8 @@ fn test_request<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> AuthRequest<'a> {
         client: None,
         client_ip: IpAddr::from([127, 0, 0, 1]),
         tls: false,
+        peer: IpAddr::from([127, 0, 0, 1]),
+        trusted_proxies: None,
     }
 }
 
@@ -304,10 +367,13 @@ impl RouteAuth {
 
     /// Query parameters that carry credentials on this route (every JWT authenticator's).
     pub fn credential_query_params(&self) -> impl Iterator<Item = &str> {
-        self.auths.iter().filter_map(|a| match &a.kind {
-            Kind::Jwt(j) => Some(j.query_param()),
-            Kind::Basic(_) => None,
-        })
+        self.auths
+            .iter()
+            .flat_map(|a| match &a.kind {
+                Kind::Jwt(j) => Some(j.query_params()),
+                Kind::Basic(_) | Kind::Forward(_) => None,
+            })
+            .flatten()
     }
 
     /// Refuses a query a backend could read a second credential from, on a route that reads
@@ -378,26 +444,35 @@ impl RouteAuth {
     /// Judges the request as `check` does: a password hash counts against the client's
     /// share, and `TooMany` (it should back off) wins over `Busy`.
     pub async fn check_request(&self, req: &AuthRequest<'_>) -> Result<Admission, AuthFailure> {
-        let mut judged: Option<AuthFailure> = None;
+        self.judge(req).await.map_err(|r| r.failure)
+    }
+
+    /// [`check_request`](Self::check_request), keeping an auth service's refusal (status,
+    /// `WWW-Authenticate`, `Location`) for the client. An auth service that could not judge
+    /// (`Unavailable`) counts like `Busy`: the request might have been admitted.
+    pub async fn judge(&self, req: &AuthRequest<'_>) -> Result<Admission, Rejection> {
+        let mut judged: Option<Rejection> = None;
         let mut busy = None;
         for a in &self.auths {
-            match a.check_request(req).await {
+            match a.judge(req).await {
                 Ok(admission) => return Ok(admission),
-                Err(AuthFailure::Missing) => {}
-                Err(f @ (AuthFailure::Busy | AuthFailure::TooMany)) => {
-                    if busy != Some(AuthFailure::TooMany) {
-                        busy = Some(f);
+                Err(r) => match r.failure {
+                    AuthFailure::Missing => {}
+                    f @ (AuthFailure::Busy | AuthFailure::TooMany | AuthFailure::Unavailable) => {
+                        if busy.is_none() || f == AuthFailure::TooMany {
+                            busy = Some(f);
+                        }
                     }
-                }
-                Err(f) => {
-                    judged.get_or_insert(f);
-                }
+                    _ => {
+                        judged.get_or_insert(r);
+                    }
+                },
             }
         }
         if let Some(busy) = busy {
-            return Err(busy);
+            return Err(busy.into());
         }
-        Err(judged.unwrap_or(AuthFailure::Missing))
+        Err(judged.unwrap_or(AuthFailure::Missing.into()))
     }
 
     /// Header names some authenticator of this route sets upstream (see
@@ -697,6 +772,8 @@ mod tests {
             (AuthFailure::BadSignature, "bad_signature"),
             (AuthFailure::BadClaims, "bad_claims"),
             (AuthFailure::Busy, "busy"),
+            (AuthFailure::Denied, "denied"),
+            (AuthFailure::Unavailable, "auth_unavailable"),
         ];
         for (f, r) in all {
             assert_eq!(f.reason(), r);

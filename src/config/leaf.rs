@@ -42,6 +42,9 @@ pub(crate) fn check_format(format: &str, s: &str) -> Option<Result<(), String>> 
         "upstream-url" => ok(validate::upstream_url(s)),
         "webhook-url" => ok(validate::webhook_url(s)),
         "jwks-url" => ok(jwks_url(s)),
+        "auth-url" => ok(validate::auth_url(s)),
+        "upstream-header" => validate::upstream_header(s),
+        "http-method" => validate::http_method(s),
         "cidr" => ok(validate::cidr(s)),
         "origin" => ok(validate::origin(s)),
         "jwt-algorithm" => ok(parse_algorithm(s)),
@@ -107,6 +110,15 @@ string_schema!(
 string_schema!(
     /// `http://` or `https://` URL of a JWKS.
     JwksUrlStr, {"type": "string", "format": "jwks-url"});
+string_schema!(
+    /// `http://` or `https://` URL of a forward-auth service.
+    AuthUrlStr, {"type": "string", "format": "auth-url"});
+string_schema!(
+    /// A response header name copied onto upstream requests.
+    UpstreamHeader, {"type": "string", "format": "upstream-header"});
+string_schema!(
+    /// An HTTP method such as GET.
+    HttpMethod, {"type": "string", "format": "http-method"});
 string_schema!(
     /// An IP or a CIDR.
     Cidr, {"type": "string", "format": "cidr"});
@@ -316,6 +328,19 @@ pub(crate) mod opt_jwks_url {
         Option::<String>::deserialize(d)?
             .map(|s| jwks_url(&s).map_err(D::Error::custom))
             .transpose()
+    }
+}
+
+/// `auth.NAME.url` of a forward-auth authenticator.
+pub(crate) mod auth_url {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(v: &WebhookUrl, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.url)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<WebhookUrl, D::Error> {
+        validate::auth_url(&String::deserialize(d)?).map_err(D::Error::custom)
     }
 }
 

@@ -19,6 +19,7 @@ mod jwt_rules;
 mod leaf;
 mod schema;
 mod semantic;
+mod token_sources;
 mod types;
 mod validate;
 mod warnings;
@@ -32,6 +33,7 @@ pub use warnings::warnings;
 pub(crate) use jwt_rules::{
     PublicFamily, VerifyKey, alg_name as alg_name_of, check as check_jwt, claim_headers,
 };
+pub(crate) use token_sources::resolve as resolve_token_sources;
 
 use std::fmt;
 use std::path::Path;
@@ -643,7 +645,7 @@ routes:
         has(
             &e,
             "auth.t.type",
-            "unknown authenticator type \"ldap\" (expected one of: basic, jwt)",
+            "unknown authenticator type \"ldap\" (expected one of: basic, jwt, forward)",
         );
         has(&e, "auth.n.type", "required");
         has(&e, "auth.s", "expected a map");
@@ -1179,6 +1181,40 @@ routes:
             "scheme must match"
         );
         assert!(!o[1].matches("https://evil.com/.example.com:8443"));
+    }
+
+    #[test]
+    fn http2_keys_defaults_and_errors() {
+        let c = ok(
+            "listeners:\n  - bind: \"127.0.0.1:8443\"\nroutes:\n  - {path: /ws, upstream: ws://127.0.0.1:3001}\n",
+        );
+        assert!(c.listeners[0].http2.enabled, "h2 is offered by default");
+        assert_eq!(c.listeners[0].http2.max_concurrent_streams, 100);
+        let c = ok(r#"
+listeners:
+  - bind: "127.0.0.1:8443"
+    http2: {enabled: false, max_concurrent_streams: 7}
+routes:
+  - {path: /ws, upstream: ws://127.0.0.1:3001}
+"#);
+        assert!(!c.listeners[0].http2.enabled);
+        assert_eq!(c.listeners[0].http2.max_concurrent_streams, 7);
+        let e = errs(
+            r#"
+listeners:
+  - bind: "127.0.0.1:8443"
+    http2: {enabled: 1, max_concurrent_streams: 0, window: 5}
+routes:
+  - {path: /ws, upstream: ws://127.0.0.1:3001}
+"#,
+        );
+        has(&e, "listeners[0].http2.enabled", "true or false");
+        has(
+            &e,
+            "listeners[0].http2.max_concurrent_streams",
+            "positive integer",
+        );
+        has(&e, "listeners[0].http2.window", "unknown key");
     }
 
     #[test]

@@ -66,6 +66,17 @@ pub(crate) fn check(c: &mut Config, tree: &Value, base_dir: &Path, problems: &mu
         match auth {
             AuthConfig::Basic(b) => b.htpasswd = base_dir.join(&b.htpasswd),
             AuthConfig::Jwt(j) => jwt(j, tree, &at, base_dir, problems),
+            AuthConfig::Forward(f) => {
+                if let Some(ca) = &mut f.ca {
+                    *ca = base_dir.join(&*ca);
+                    if !f.url.url.is_empty() && !f.url.tls {
+                        problems.push(
+                            &[&at[..], &[key("ca")]].concat(),
+                            "a CA file only applies to an https:// auth service",
+                        );
+                    }
+                }
+            }
         }
     }
     routes(c, tree, &defined, base_dir, problems);
@@ -193,6 +204,11 @@ pub(crate) fn read_secret(file: &Path, at: &[Seg], problems: &mut Problems) -> O
 
 fn jwt(j: &mut JwtConfig, tree: &Value, at: &[Seg], base_dir: &Path, problems: &mut Problems) {
     let under = |k: &str| [at, &[key(k)]].concat();
+    if let Err(found) = super::token_sources::resolve(j) {
+        for (field, message) in found {
+            problems.push(&under(&field), message);
+        }
+    }
     let algs_at = under("algorithms");
     let mut unique = Vec::new();
     for (i, a) in j.algorithms.iter().enumerate() {

@@ -101,6 +101,8 @@ pub struct ListenerConfig {
     pub tls: Option<TlsFiles>,
     /// Expect a PROXY protocol v1/v2 header before anything else.
     pub proxy_protocol: bool,
+    /// HTTP/2 on a TLS listener (ALPN `h2`, WebSockets by RFC 8441); ignored without `tls`.
+    pub http2: Http2Config,
 }
 
 impl Default for ListenerConfig {
@@ -110,6 +112,27 @@ impl Default for ListenerConfig {
             bind: leaf::PLACEHOLDER_ADDR,
             tls: None,
             proxy_protocol: false,
+            http2: Http2Config::default(),
+        }
+    }
+}
+
+/// HTTP/2 on a TLS listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http2Config {
+    /// Offer `h2` by ALPN beside `http/1.1` (browsers then carry wss:// on the page's connection).
+    pub enabled: bool,
+    /// Streams (WebSockets and requests) one HTTP/2 connection may have open at once.
+    #[schemars(range(min = 1))]
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_concurrent_streams: 100,
         }
     }
 }
@@ -191,6 +214,59 @@ pub enum AuthConfig {
     Basic(BasicConfig),
     /// A JWT from a query parameter or `Authorization: Bearer`.
     Jwt(JwtConfig),
+    /// Asks an HTTP auth service about each request, as nginx's `auth_request` does.
+    Forward(ForwardConfig),
+}
+
+/// `type: forward`.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(extend("required" = ["url", "user_header"]))]
+pub struct ForwardConfig {
+    /// http:// or https:// URL of the auth service; a 2xx answer admits.
+    #[serde(with = "leaf::auth_url")]
+    #[schemars(with = "leaf::AuthUrlStr")]
+    pub url: WebhookUrl,
+    /// Method of the auth request (it never carries a body).
+    #[schemars(with = "leaf::HttpMethod")]
+    pub method: String,
+    /// Response header naming the user (copied upstream too); a 2xx without it is a 503.
+    #[schemars(with = "leaf::UpstreamHeader")]
+    pub user_header: String,
+    /// More response headers copied onto the upstream request (client copies removed).
+    #[schemars(with = "Vec<leaf::UpstreamHeader>")]
+    pub copy_headers: Vec<String>,
+    /// How long the auth service may take to answer (connect included); then 503.
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::PositiveDuration")]
+    pub timeout: Duration,
+    /// How long a 2xx answer is reused for the same credentials and URI (0s = off).
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::DurationStr")]
+    pub cache_ttl: Duration,
+    /// Auth requests in flight at once; more are refused at once with 503.
+    #[schemars(range(min = 1))]
+    pub max_concurrent: usize,
+    /// CA file trusted for an https:// auth service instead of the system roots.
+    #[schemars(with = "Option<leaf::FilePath>")]
+    pub ca: Option<PathBuf>,
+}
+
+impl Default for ForwardConfig {
+    // `url` and `user_header` are required: the empty values are only placeholders while
+    // problems are collected.
+    fn default() -> Self {
+        Self {
+            url: WebhookUrl::default(),
+            method: "GET".into(),
+            user_header: String::new(),
+            copy_headers: Vec::new(),
+            timeout: Duration::from_secs(2),
+            cache_ttl: Duration::ZERO,
+            max_concurrent: 64,
+            ca: None,
+        }
+    }
 }
 
 /// `type: basic`.
@@ -295,6 +371,48 @@ pub struct JwtConfig {
     /// Claim → upstream header (`role: X-Auth-Role`); the client's copies are removed first.
     #[schemars(with = "BTreeMap<String, leaf::NonEmpty>")]
     pub claims_to_headers: BTreeMap<String, String>,
+    /// Where the token is read, each a one-key map: `query: NAME`, `header: NAME`,
+    /// `cookie: NAME`, `subprotocol: PREFIX`; default `[query: <query_param>, header: Authorization]`.
+    pub from: Option<Vec<TokenSourceConfig>>,
+}
+
+/// One place a JWT may be read from (exactly one key set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenSourceConfig {
+    /// A query parameter (removed before forwarding, look-alikes refused).
+    #[schemars(with = "Option<leaf::QueryParam>")]
+    pub query: Option<String>,
+    /// A request header; `Authorization` means its `Bearer` scheme.
+    #[schemars(with = "Option<leaf::NonEmpty>")]
+    pub header: Option<String>,
+    /// A cookie of the `Cookie` header (only it is removed; the others go on byte-exact).
+    #[schemars(with = "Option<leaf::NonEmpty>")]
+    pub cookie: Option<String>,
+    /// A `Sec-WebSocket-Protocol` entry starting with this prefix; base64url-decoded when the
+    /// prefix starts with `base64url.` (the Kubernetes convention).
+    #[schemars(with = "Option<leaf::NonEmpty>")]
+    pub subprotocol: Option<String>,
+}
+
+/// A validated token source (see [`TokenSourceConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `?NAME=token`.
+    Query(String),
+    /// `Authorization: Bearer token`.
+    Bearer,
+    /// `NAME: token` (any other header, lower-case name).
+    Header(http::HeaderName),
+    /// `Cookie: NAME=token`.
+    Cookie(String),
+    /// `Sec-WebSocket-Protocol: PREFIXtoken`; `base64url`: the rest is base64url of the token.
+    Subprotocol {
+        /// The entry's prefix.
+        prefix: String,
+        /// Whether the rest is base64url-encoded.
+        base64url: bool,
+    },
 }
 
 impl Default for JwtConfig {
@@ -320,6 +438,7 @@ impl Default for JwtConfig {
             jwks_timeout: Duration::from_secs(5),
             jwks_required_at_start: false,
             claims_to_headers: BTreeMap::new(),
+            from: None,
         }
     }
 }

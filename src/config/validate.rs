@@ -127,8 +127,19 @@ pub(crate) fn same_route_message(path: &str, earlier: &str, at: &str) -> String 
 /// A webhook URL (`routes[].events.webhook`): http:// or https://, host, optional port,
 /// path and query; no credentials (never echoed: they would be a secret).
 pub(crate) fn webhook_url(url: &str) -> Result<WebhookUrl, String> {
+    http_url(url, "webhook", "https://hooks.internal/wsgate")
+}
+
+/// A forward-auth service URL (`auth.NAME.url`), under the rules of [`webhook_url`].
+pub(crate) fn auth_url(url: &str) -> Result<WebhookUrl, String> {
+    http_url(url, "auth", "http://127.0.0.1:3000/auth")
+}
+
+/// An http:// or https:// URL with host, optional port, path and query; `what` names it in
+/// messages ("the webhook URL has no host"), `example` shows a good one.
+fn http_url(url: &str, what: &str, example: &str) -> Result<WebhookUrl, String> {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err("not a URL: expected one such as \"https://hooks.internal/wsgate\"".into());
+        return Err(format!("not a URL: expected one such as \"{example}\""));
     };
     let tls = match scheme.to_ascii_lowercase().as_str() {
         "http" => false,
@@ -143,18 +154,17 @@ pub(crate) fn webhook_url(url: &str) -> Result<WebhookUrl, String> {
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     if authority.contains('@') {
-        return Err(
-            "credentials in the webhook URL are not supported (a secret can go in its path or query)"
-                .into(),
-        );
+        return Err(format!(
+            "credentials in the {what} URL are not supported (a secret can go in its path or query)"
+        ));
     }
     if authority.is_empty() || authority.starts_with(':') {
-        return Err("the webhook URL has no host".into());
+        return Err(format!("the {what} URL has no host"));
     }
     if tail.contains('#') {
-        return Err(
-            "a fragment on the webhook URL means nothing to the receiver: remove it".into(),
-        );
+        return Err(format!(
+            "a fragment on the {what} URL means nothing to the receiver: remove it"
+        ));
     }
     // Host and port follow the upstream rules (same parser, same messages).
     let hp = upstream_url(&format!("{scheme}://{authority}"))?;
@@ -164,9 +174,9 @@ pub(crate) fn webhook_url(url: &str) -> Result<WebhookUrl, String> {
         t => t.to_string(),
     };
     if path_and_query.parse::<http::uri::PathAndQuery>().is_err() {
-        return Err(
-            "invalid path or query in the webhook URL (percent-encode special characters)".into(),
-        );
+        return Err(format!(
+            "invalid path or query in the {what} URL (percent-encode special characters)"
+        ));
     }
     Ok(WebhookUrl {
         tls,
@@ -310,6 +320,53 @@ pub(crate) fn query_param(name: &str) -> Result<(), String> {
             "\"{}\" may contain only letters, digits, '-', '.', '_' and '~'",
             name.escape_debug()
         ))
+    }
+}
+
+/// A header name the forward-auth service's answer may set on upstream requests: a valid
+/// name, and none the gateway manages itself (hop-by-hop, framing, the WebSocket handshake,
+/// the forwarding headers), which a copy would corrupt or spoof.
+pub(crate) fn upstream_header(name: &str) -> Result<(), String> {
+    let Ok(h) = http::HeaderName::from_bytes(name.as_bytes()) else {
+        return Err(format!(
+            "\"{}\" is not a valid header name",
+            name.escape_debug()
+        ));
+    };
+    let n = h.as_str();
+    let managed = matches!(
+        n,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "host"
+            | "content-length"
+            | "forwarded"
+            | "x-real-ip"
+    ) || n.starts_with("sec-websocket-")
+        || n.starts_with("x-forwarded-");
+    if managed {
+        Err(format!(
+            "\"{name}\" is set by the gateway itself and cannot be copied"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// An HTTP method token for the forward-auth subrequest.
+pub(crate) fn http_method(text: &str) -> Result<(), String> {
+    match http::Method::from_bytes(text.as_bytes()) {
+        Ok(m) if m != http::Method::CONNECT && m.as_str() == text.to_ascii_uppercase() => Ok(()),
+        _ => Err(format!(
+            "\"{}\" is not a method for the auth request (e.g. GET, HEAD, POST)",
+            text.escape_debug()
+        )),
     }
 }
 

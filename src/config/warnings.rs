@@ -11,6 +11,22 @@ pub fn warnings(config: &Config) -> Vec<ConfigError> {
             .auth
             .iter()
             .any(|name| matches!(config.auth.get(name), Some(AuthConfig::Basic(_))));
+        let cookie = route.auth.iter().any(|name| {
+            matches!(config.auth.get(name), Some(AuthConfig::Jwt(j))
+                if j.from.iter().flatten().any(|s| s.cookie.is_some()))
+        });
+        if cookie && !basic && route.origins.is_none() {
+            // The browser attaches cookies to upgrades that any site's page starts.
+            out.push(ConfigError::new(
+                format!("routes[{i}].origins"),
+                format!(
+                    "route {} reads its token from a cookie, which a browser sends on upgrades \
+                     started by pages of any site too (cross-site WebSocket hijacking); list \
+                     the allowed origins, e.g. origins: [\"https://app.example.com\"]",
+                    route.path
+                ),
+            ));
+        }
         if basic && route.origins.is_none() {
             // Browsers replay cached Basic credentials (and cookies) on WebSocket upgrades
             // that any site's page starts; only an Origin check tells those apart.

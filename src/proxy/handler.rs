@@ -17,9 +17,10 @@ use tokio::time::Instant;
 use crate::balance::ActiveGuard;
 use crate::limits::{ClientKey, IpSlot};
 
-use crate::auth::{Admission, AuthFailure};
-use crate::metrics::{NO_ROUTE, Outcome};
+use crate::auth::{Admission, AuthFailure, Rejection};
+use crate::metrics::{NO_ROUTE, Outcome, Protocol};
 use crate::proxy::Shared;
+use crate::proxy::extended_connect;
 use crate::proxy::response::{ProxyBody, Refusal, full};
 use crate::runtime::{Route, Runtime};
 use crate::splice::{self, Ended};
@@ -87,6 +88,20 @@ impl Handler {
         }
     }
 
+    /// The drain's task tracker (HTTP/2 stream tasks are spawned on it).
+    pub fn tracker(&self) -> &tokio_util::task::TaskTracker {
+        &self.shared.tracker
+    }
+
+    /// Whether no request has arrived on this connection yet.
+    pub fn awaiting_first_request(&self) -> bool {
+        self.permits
+            .pending
+            .lock()
+            .map(|p| p.is_some())
+            .unwrap_or(false)
+    }
+
     /// Handles one request; never fails (errors become responses).
     pub async fn handle(
         self,
@@ -103,12 +118,13 @@ impl Handler {
             .unwrap_or(None);
         let runtime = self.state.load_full();
         let upgrade = is_websocket_upgrade(&req);
+        let h2 = req.version() == Version::HTTP_2;
         let client_ip = self.client_ip(&runtime, req.headers());
         let (route_label, result) = self
             .route_and_forward(&runtime, req, upgrade, client_ip, started)
             .await;
         drop(pending);
-        Ok(match result {
+        let mut resp = match result {
             Ok(resp) => resp,
             Err(refusal) => {
                 if upgrade {
@@ -128,7 +144,13 @@ impl Handler {
                 );
                 refusal.into_response()
             }
-        })
+        };
+        if h2 {
+            // HTTP/2 has no connection-specific headers (RFC 9113 §8.2.2): `Connection: close`
+            // of a refusal or an upstream's hop-by-hop headers would be malformed there.
+            strip_hop_by_hop(resp.headers_mut());
+        }
+        Ok(resp)
     }
 
     async fn route_and_forward(
@@ -139,8 +161,23 @@ impl Handler {
         client_ip: IpAddr,
         started: Instant,
     ) -> (String, Result<Response<ProxyBody>, Refusal>) {
+        if !upgrade && req.method() == Method::CONNECT {
+            // Only WebSocket tunnels are authorised; any other CONNECT would open one to
+            // whatever the client names.
+            return (
+                NO_ROUTE.to_owned(),
+                Err(Refusal::BadRequest(
+                    "CONNECT is accepted only for WebSockets",
+                )),
+            );
+        }
         if let Err(why) = crate::headers::check_host(req.headers(), req.uri()) {
             return (NO_ROUTE.to_owned(), Err(Refusal::BadRequest(why)));
+        }
+        if req.version() == Version::HTTP_2 {
+            // Before auth, so a cookie token or forward auth reads the cookies as the HTTP/1.1
+            // upstream will.
+            crate::headers::join_cookie_crumbs(req.headers_mut());
         }
         // Routed on the canonical path, and the request now carries it, so the upstream gets
         // exactly the path that was authorised.
@@ -197,7 +234,19 @@ impl Handler {
                 );
             }
         }
-        let tunnel_slot = if upgrade && self.permits.ip_slot.is_none() {
+        // An HTTP/2 WebSocket costs an upstream socket as an HTTP/1.1 one does but shares its
+        // client connection's slots: it takes slots of its own, or one connection would carry
+        // max_concurrent_streams tunnels past both limits.
+        let h2 = req.version() == Version::HTTP_2;
+        let stream_permit = if upgrade && h2 {
+            match self.shared.connections.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => return (label, Err(Refusal::Busy)),
+            }
+        } else {
+            None
+        };
+        let tunnel_slot = if upgrade && (self.permits.ip_slot.is_none() || h2) {
             match self
                 .shared
                 .limits
@@ -225,14 +274,12 @@ impl Handler {
                 client: Some(key),
                 client_ip,
                 tls: self.client.tls,
+                peer: self.client.peer.ip(),
+                trusted_proxies: runtime.config.trusted_proxies.as_deref(),
             };
-            match route.auth.check_request(&auth_req).await {
+            match route.auth.judge(&auth_req).await {
                 Ok(a) => Some(a),
-                Err(AuthFailure::Busy) => return (label, Err(Refusal::Busy)),
-                Err(AuthFailure::TooMany) => {
-                    return (label, Err(Refusal::TooManyRequests { retry_after: 1 }));
-                }
-                Err(failure) => return (label, Err(auth_refusal(&route, failure))),
+                Err(rejection) => return (label, Err(auth_refusal(&route, rejection))),
             }
         };
         // Reserved before the upstream is contacted, under the user's lock: of two logins at
@@ -259,7 +306,7 @@ impl Handler {
                 admission,
                 client_ip,
                 started,
-                (tunnel_slot, user_slot),
+                (tunnel_slot, user_slot, stream_permit),
             )
             .await
         } else {
@@ -279,10 +326,15 @@ impl Handler {
         admission: Option<Admission>,
         client_ip: IpAddr,
         started: Instant,
-        (tunnel_slot, user_slot): (Option<IpSlot>, Option<crate::users::UserSlot>),
+        (tunnel_slot, user_slot, stream_permit): (
+            Option<IpSlot>,
+            Option<crate::users::UserSlot>,
+            Option<OwnedSemaphorePermit>,
+        ),
     ) -> Result<Response<ProxyBody>, Refusal> {
+        let h2 = extended_connect::is_websocket_connect(&req);
         let (parts, _body) = req.into_parts();
-        let up_req = self.upstream_request(
+        let mut up_req = self.upstream_request(
             runtime,
             &parts,
             &route.auth,
@@ -291,9 +343,22 @@ impl Handler {
             true,
             http_body_util::Empty::<bytes::Bytes>::new(),
         )?;
+        if h2 {
+            extended_connect::to_upstream(&mut up_req);
+        }
         let key = up_req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
         let (mut resp, server_guard, server) =
             self.exchange(runtime, route, client_ip, up_req).await?;
+        if h2 && resp.status().is_success() {
+            // A 2xx on an HTTP/2 stream means "tunnel open": the upstream did not upgrade.
+            tracing::info!(
+                route = %route.path,
+                client = %client_ip,
+                status = resp.status().as_u16(),
+                "upstream answered the upgrade without switching protocols"
+            );
+            return Err(Refusal::NotWebSocket);
+        }
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             route.metrics.handshake(Outcome::UpstreamRejected);
             tracing::info!(
@@ -323,12 +388,20 @@ impl Handler {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (parts, _) = resp.into_parts();
         // The upstream's 101 goes back as is: Sec-WebSocket-Accept/Protocol/Extensions
-        // must match what the upstream will speak.
-        let mut client_resp = Response::new(full(bytes::Bytes::new()));
-        *client_resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        *client_resp.headers_mut() = parts.headers;
+        // must match what the upstream will speak. An HTTP/2 stream gets its 200 instead.
+        let client_resp = if h2 {
+            extended_connect::client_response(parts.headers)
+        } else {
+            let mut r = Response::new(full(bytes::Bytes::new()));
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            *r.headers_mut() = parts.headers;
+            r
+        };
 
         route.metrics.upgraded.inc();
+        route
+            .metrics
+            .upgraded_over(if h2 { Protocol::H2 } else { Protocol::Http1 });
         route.metrics.total.inc();
         route
             .metrics
@@ -347,7 +420,7 @@ impl Handler {
         // tunnels don't grow by its size.
         let user_slot = user_slot.map(Box::new);
         self.shared.tracker.spawn(async move {
-            let _held = (permits, server_guard, tunnel_slot);
+            let _held = (permits, server_guard, tunnel_slot, stream_permit);
             // Boxed so the waiting state doesn't stay inline in the tunnel's future for its
             // whole life (an idle tunnel's memory is mostly this future).
             let upgrades = Box::pin(async { tokio::join!(client_upgrade, upstream_upgrade) });
@@ -604,13 +677,25 @@ fn deadline(
 
 /// `uri` with its path replaced by the canonical one; scheme and authority (absolute-form,
 /// HTTP/2) and the query are kept.
-/// The 401 for a failed auth check, counted. A request with no credential at all on a route
-/// that accepts Basic gets the challenge browsers wait for before sending `user:pass`: that
-/// round-trip is normal traffic, so it is `challenged` and not an auth failure.
-fn auth_refusal(route: &Route, failure: AuthFailure) -> Refusal {
-    match (failure, route.auth.challenge()) {
-        (AuthFailure::Missing, Some(challenge)) => Refusal::Challenged { challenge },
-        (failure, challenge) => {
+/// The refusal for a failed auth check, counted. A request with no credential at all on a
+/// route that accepts Basic gets the challenge browsers wait for before sending `user:pass`:
+/// that round-trip is normal traffic, so it is `challenged` and not an auth failure. Busy
+/// verifiers are a limit (503/429), not a failure; a forward-auth service's refusal goes
+/// back as it answered, and one that could not judge is a 503.
+fn auth_refusal(route: &Route, rejection: Rejection) -> Refusal {
+    match (rejection.failure, rejection.reply, route.auth.challenge()) {
+        (AuthFailure::Busy, ..) => Refusal::Busy,
+        (AuthFailure::TooMany, ..) => Refusal::TooManyRequests { retry_after: 1 },
+        (AuthFailure::Missing, None, Some(challenge)) => Refusal::Challenged { challenge },
+        (failure @ AuthFailure::Unavailable, ..) => {
+            route.metrics.auth_failure(failure.reason());
+            Refusal::AuthUnavailable
+        }
+        (failure, Some(reply), _) => {
+            route.metrics.auth_failure(failure.reason());
+            Refusal::AuthDenied(reply)
+        }
+        (failure, None, challenge) => {
             route.metrics.auth_failure(failure.reason());
             Refusal::Unauthorized { challenge }
         }
@@ -669,16 +754,20 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Whether the request asks for a WebSocket upgrade (HTTP/1.1 `GET` with the headers).
+/// Whether the request asks for a WebSocket: an HTTP/1.1 `GET` with the upgrade headers, or
+/// an HTTP/2 extended CONNECT with `:protocol = websocket` (RFC 8441).
 pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
-    req.method() == Method::GET
+    (req.method() == Method::GET
         && has_token(req.headers(), &header::CONNECTION, "upgrade")
-        && has_token(req.headers(), &header::UPGRADE, "websocket")
+        && has_token(req.headers(), &header::UPGRADE, "websocket"))
+        || extended_connect::is_websocket_connect(req)
 }
 
 /// RFC 6455 §4.2.1 checks the gateway can make without the upstream.
 fn check_websocket_request<B>(req: &Request<B>) -> Result<(), Refusal> {
-    if req.version() != Version::HTTP_11 {
+    // HTTP/2 carries no key (the stream is the handshake); the gateway makes one upstream.
+    let h2 = extended_connect::is_websocket_connect(req);
+    if req.version() != Version::HTTP_11 && !h2 {
         return Err(Refusal::BadRequest("WebSocket upgrade needs HTTP/1.1"));
     }
     // The connection is handed over right after the head: a body would be spliced to the
@@ -701,6 +790,9 @@ fn check_websocket_request<B>(req: &Request<B>) -> Result<(), Refusal> {
         .collect();
     if versions.len() != 1 || versions[0] != "13" {
         return Err(Refusal::UpgradeRequired);
+    }
+    if h2 {
+        return Ok(());
     }
     let keys: Vec<_> = req
         .headers()

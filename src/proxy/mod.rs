@@ -1,7 +1,9 @@
-//! HTTP side of a client connection: serving (`conn`), per-request logic (`handler`) and
-//! the mapping of refusals to responses (`response`).
+//! HTTP side of a client connection: serving (`conn`), per-request logic (`handler`), the
+//! HTTP/2 WebSocket specifics (`extended_connect`) and the mapping of refusals to responses
+//! (`response`).
 
 pub mod conn;
+pub mod extended_connect;
 pub mod handler;
 pub mod response;
 

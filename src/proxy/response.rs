@@ -57,6 +57,10 @@ pub enum Refusal {
     GatewayTimeout,
     /// The user already holds `max_connections_per_user` on the route (`on_user_limit: reject`).
     UserLimit,
+    /// A forward-auth service refused: its status (401/403) and headers, passed on.
+    AuthDenied(crate::auth::AuthReply),
+    /// A forward-auth service could not judge (timeout, failure, 5xx).
+    AuthUnavailable,
 }
 
 impl Refusal {
@@ -73,6 +77,8 @@ impl Refusal {
             Refusal::BadGateway | Refusal::NotWebSocket => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::UserLimit => StatusCode::CONFLICT,
+            Refusal::AuthDenied(reply) => reply.status,
+            Refusal::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -87,7 +93,11 @@ impl Refusal {
                 Outcome::Limited
             }
             Refusal::Forbidden => Outcome::Forbidden,
-            Refusal::BadGateway => Outcome::UpstreamError,
+            Refusal::BadGateway | Refusal::AuthUnavailable => Outcome::UpstreamError,
+            Refusal::AuthDenied(reply) if reply.status == StatusCode::FORBIDDEN => {
+                Outcome::Forbidden
+            }
+            Refusal::AuthDenied(_) => Outcome::Unauthorized,
             Refusal::NotWebSocket => Outcome::UpstreamRejected,
             Refusal::GatewayTimeout => Outcome::Timeout,
         }
@@ -134,6 +144,11 @@ impl Refusal {
             Refusal::TooManyRequests { retry_after } => {
                 h.insert(RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
             }
+            Refusal::AuthDenied(reply) => {
+                for (name, value) in reply.headers {
+                    h.append(name, value);
+                }
+            }
             _ => {}
         }
         resp
@@ -175,6 +190,22 @@ mod tests {
         assert_eq!(r.status(), 401);
         assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"wsgate\"");
         assert_eq!(r.headers()["connection"], "close");
+    }
+
+    #[test]
+    fn auth_service_refusals_keep_status_and_headers() {
+        let reply = crate::auth::AuthReply {
+            status: StatusCode::FORBIDDEN,
+            headers: vec![(http::header::LOCATION, HeaderValue::from_static("/login"))],
+        };
+        let r = Refusal::AuthDenied(reply);
+        assert_eq!(r.outcome(), Outcome::Forbidden);
+        let r = r.into_response();
+        assert_eq!(r.status(), 403);
+        assert_eq!(r.headers()["location"], "/login");
+        assert_eq!(r.headers()["connection"], "close");
+        assert_eq!(Refusal::AuthUnavailable.status(), 503);
+        assert_eq!(Refusal::AuthUnavailable.outcome(), Outcome::UpstreamError);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 // Headless Debian Chromium (/usr/bin/chromium) driven by playwright-core. Opens PAGE_URL, then
 // for each WebSocket URL in order: open, wait for the greeting, echo one message, close.
-// Prints one JSON line with one result per URL.
+// Prints one JSON line with one result per URL. `WS_URL|p1,p2` offers subprotocols p1, p2.
 // usage: node browser.js USER_DATA_DIR PAGE_URL WS_URL... [--spki BASE64]
 'use strict';
 const { chromium } = require('playwright-core');
@@ -27,13 +27,15 @@ const [userDataDir, pageUrl, ...wsUrls] = args;
     const page = ctx.pages()[0] || await ctx.newPage();
     const resp = await page.goto(pageUrl, { timeout: 15000 });
     const pageStatus = resp ? resp.status() : null;
-    for (const url of wsUrls) {
-      const r = await page.evaluate((url) => new Promise((resolve) => {
+    for (const entry of wsUrls) {
+      const [url, protoList] = entry.split('|');
+      const protocols = protoList ? protoList.split(',') : [];
+      const r = await page.evaluate(([url, protocols]) => new Promise((resolve) => {
         const r = { opened: false, messages: [] };
         let ws;
-        try { ws = new WebSocket(url); } catch (e) { resolve({ opened: false, exception: String(e) }); return; }
+        try { ws = new WebSocket(url, protocols); } catch (e) { resolve({ opened: false, exception: String(e) }); return; }
         const timer = setTimeout(() => { r.timeout = true; resolve(r); }, 10000);
-        ws.onopen = () => { r.opened = true; };
+        ws.onopen = () => { r.opened = true; r.protocol = ws.protocol; };
         ws.onerror = () => { r.error = true; };
         ws.onmessage = (ev) => {
           r.messages.push(String(ev.data));
@@ -41,7 +43,7 @@ const [userDataDir, pageUrl, ...wsUrls] = args;
           else ws.close(1000, 'done');
         };
         ws.onclose = (ev) => { r.closeCode = ev.code; r.wasClean = ev.wasClean; clearTimeout(timer); resolve(r); };
-      }), url);
+      }), [url, protocols]);
       r.url = url.replace(/\/\/[^@/]*@/, '//***@');
       results.push(r);
     }

@@ -15,7 +15,8 @@ const wss = new WebSocketServer({ server });
 wss.on('connection', (ws, req) => {
   out({ event: 'connection', url: req.url, user: req.headers['x-auth-user'] || null,
     authorization: req.headers.authorization || null, origin: req.headers.origin || null,
-    xff: req.headers['x-forwarded-for'] || null, proto: req.headers['x-forwarded-proto'] || null });
+    xff: req.headers['x-forwarded-for'] || null, proto: req.headers['x-forwarded-proto'] || null,
+    protocols: req.headers['sec-websocket-protocol'] || null });
   ws.send('hello from page server');
   ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
 });

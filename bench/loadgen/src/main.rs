@@ -7,6 +7,9 @@
 //! - `idle`      open N connections from several 127.0.0.x sources and hold them, RSS/conn
 //! - `handshake` connect, upgrade, close in a loop, handshakes/s and CPU/handshake
 //!
+//! `--h2 N` (wss:// only) carries the WebSockets as HTTP/2 extended CONNECT streams (RFC 8441),
+//! N streams per HTTP/2 connection, instead of one HTTP/1.1 connection each.
+//!
 //! `--pid P1,P2` names the proxy's processes: their utime+stime (/proc/PID/stat, all
 //! threads) and VmRSS are read at the start and end of the measured window.
 
@@ -24,9 +27,13 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
+
+/// A client WebSocket over any byte stream (TCP, TLS or an HTTP/2 stream).
+type Ws = WebSocketStream<Box<dyn Stream>>;
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>;
 
 /// Tiny error helper so the crate needs no anyhow.
 mod anyhow_lite {
@@ -143,6 +150,10 @@ struct Target {
     /// Free-form label echoed into the JSON.
     #[arg(long, default_value = "")]
     label: String,
+    /// WebSockets over HTTP/2 (wss:// only): this many extended CONNECT streams per HTTP/2
+    /// connection; 0 = one HTTP/1.1 connection per WebSocket.
+    #[arg(long, default_value_t = 0)]
+    h2: usize,
 }
 
 /// Everything needed to open one connection.
@@ -155,6 +166,10 @@ struct Conn {
     auth: Option<String>,
     sources: u8,
     next_src: std::sync::atomic::AtomicU32,
+    /// Streams per HTTP/2 connection (0 = HTTP/1.1).
+    h2_streams: usize,
+    /// The HTTP/2 connection new streams go on, and how many it has carried.
+    h2: tokio::sync::Mutex<Option<(H2Sender, usize)>>,
 }
 
 impl Conn {
@@ -206,11 +221,18 @@ impl Conn {
                 .with_no_client_auth();
             // Full handshakes every time, as in the reference figures.
             cfg.resumption = rustls::client::Resumption::disabled();
-            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            cfg.alpn_protocols = if t.h2 > 0 {
+                vec![b"h2".to_vec()]
+            } else {
+                vec![b"http/1.1".to_vec()]
+            };
             Some(Arc::new(cfg))
         } else {
             None
         };
+        if t.h2 > 0 && tls.is_none() {
+            bail!("--h2 needs a wss:// URL (HTTP/2 is offered by ALPN)");
+        }
         let auth = t.basic.as_ref().map(|b| {
             use base64::Engine;
             format!(
@@ -227,6 +249,8 @@ impl Conn {
             auth,
             sources: t.sources.max(1),
             next_src: Default::default(),
+            h2_streams: t.h2,
+            h2: Default::default(),
         })
     }
 
@@ -256,27 +280,25 @@ impl Conn {
     }
 
     /// A WebSocket (tokio-tungstenite) connection.
-    async fn ws(&self) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>> {
-        let tcp = self.tcp().await?;
+    async fn ws(&self) -> Result<Ws> {
+        let cfg = WebSocketConfig::default().read_buffer_size(4096);
+        if self.h2_streams > 0 {
+            let s = self.h2_stream().await?;
+            return Ok(WebSocketStream::from_raw_socket(s, Role::Client, Some(cfg)).await);
+        }
+        let s = self.stream().await?;
         let mut req = self.url.as_str().into_client_request()?;
         if let Some(a) = &self.auth {
             req.headers_mut().insert("authorization", a.parse()?);
         }
-        let connector = match &self.tls {
-            Some(c) => Connector::Rustls(c.clone()),
-            None => Connector::Plain,
-        };
-        let cfg = WebSocketConfig::default().read_buffer_size(4096);
-        let (ws, _resp) =
-            tokio_tungstenite::client_async_tls_with_config(req, tcp, Some(cfg), Some(connector))
-                .await?;
+        let (ws, _resp) = tokio_tungstenite::client_async_with_config(req, s, Some(cfg)).await?;
         Ok(ws)
     }
 
-    /// A raw byte stream after a hand-made upgrade (for bulk: no per-frame client work).
-    async fn raw(&self) -> Result<(Box<dyn Stream>, Vec<u8>)> {
+    /// A TCP connection, inside TLS for wss://.
+    async fn stream(&self) -> Result<Box<dyn Stream>> {
         let tcp = self.tcp().await?;
-        let mut s: Box<dyn Stream> = match &self.tls {
+        Ok(match &self.tls {
             Some(cfg) => {
                 let name = rustls_pki_types::ServerName::try_from(self.host.clone())?;
                 Box::new(
@@ -286,7 +308,86 @@ impl Conn {
                 )
             }
             None => Box::new(tcp),
+        })
+    }
+
+    /// An HTTP/2 connection (ALPN h2) whose server allows extended CONNECT.
+    async fn h2_connect(&self) -> Result<H2Sender> {
+        let s = self.stream().await?;
+        let (sender, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(hyper_util::rt::TokioIo::new(s))
+                .await?;
+        // The server's SETTINGS (ENABLE_CONNECT_PROTOCOL) follow the handshake; hyper reads
+        // them in a task of its own, which wakes nobody here: look every millisecond.
+        let mut conn = Box::pin(conn);
+        let mut enabled = false;
+        for _ in 0..5000 {
+            if tokio::time::timeout(Duration::from_millis(1), conn.as_mut())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            if conn.is_extended_connect_protocol_enabled() {
+                enabled = true;
+                break;
+            }
+        }
+        if !enabled {
+            bail!("the server did not enable extended CONNECT (RFC 8441)");
+        }
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// A WebSocket's byte stream: an extended CONNECT stream on the current HTTP/2
+    /// connection, or on a new one once it carries `h2_streams`.
+    async fn h2_stream(&self) -> Result<Box<dyn Stream>> {
+        let mut sender = {
+            let mut cur = self.h2.lock().await;
+            match cur.as_mut() {
+                Some((s, n)) if *n < self.h2_streams && !s.is_closed() => {
+                    *n += 1;
+                    s.clone()
+                }
+                _ => {
+                    let s = self.h2_connect().await?;
+                    *cur = Some((s.clone(), 1));
+                    s
+                }
+            }
         };
+        let mut req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!(
+                "https://{}:{}{}",
+                self.host,
+                self.addr.port(),
+                self.path
+            ))
+            .header("sec-websocket-version", "13")
+            .extension(hyper::ext::Protocol::from_static("websocket"));
+        if let Some(a) = &self.auth {
+            req = req.header("authorization", a.as_str());
+        }
+        sender.ready().await?;
+        let mut resp = sender
+            .send_request(req.body(http_body_util::Empty::new())?)
+            .await?;
+        if resp.status() != http::StatusCode::OK {
+            bail!("extended CONNECT refused: {}", resp.status());
+        }
+        let up = hyper::upgrade::on(&mut resp).await?;
+        Ok(Box::new(hyper_util::rt::TokioIo::new(up)))
+    }
+
+    /// A raw byte stream after a hand-made upgrade (for bulk: no per-frame client work).
+    async fn raw(&self) -> Result<(Box<dyn Stream>, Vec<u8>)> {
+        if self.h2_streams > 0 {
+            return Ok((self.h2_stream().await?, Vec::new()));
+        }
+        let mut s = self.stream().await?;
         let mut head = format!(
             "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
@@ -428,12 +529,7 @@ fn main() {
 }
 
 /// Opens `n` WebSocket connections, `conc` at a time.
-async fn open_many(
-    c: &Arc<Conn>,
-    n: usize,
-    conc: usize,
-    deadline: Instant,
-) -> (Vec<WebSocketStream<MaybeTlsStream<TcpStream>>>, u64) {
+async fn open_many(c: &Arc<Conn>, n: usize, conc: usize, deadline: Instant) -> (Vec<Ws>, u64) {
     let sem = Arc::new(tokio::sync::Semaphore::new(conc.max(1)));
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
@@ -466,10 +562,7 @@ async fn open_many(
     (out, errors)
 }
 
-async fn echo_once(
-    ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>,
-    payload: &tokio_tungstenite::tungstenite::Bytes,
-) -> Result<()> {
+async fn echo_once(ws: &mut Ws, payload: &tokio_tungstenite::tungstenite::Bytes) -> Result<()> {
     ws.send(Message::Binary(payload.clone())).await?;
     loop {
         match ws.next().await {
@@ -667,7 +760,13 @@ async fn run_bulk(t: Target, conns: usize, size: usize, warmup: f64, duration: f
         task.abort();
     }
     // Server frames carry a 4-byte header for 16 KiB payloads: count payload only.
-    let hdr = if size < 126 { 2 } else if size <= 0xffff { 4 } else { 10 };
+    let hdr = if size < 126 {
+        2
+    } else if size <= 0xffff {
+        4
+    } else {
+        10
+    };
     let payload_share = size as f64 / (size + hdr) as f64;
     let rx_mbps = (rx1 - rx0) as f64 * payload_share / el / 1e6;
     let tx_mbps = (tx1 - tx0) as f64 * (size as f64 / frame.len() as f64) / el / 1e6;
@@ -704,9 +803,7 @@ async fn run_idle(
     {
         let mut futs = futures_util::stream::iter(wss.iter_mut().map(|ws| {
             let p = payload.clone();
-            async move {
-                tokio::time::timeout(Duration::from_secs(10), echo_once(ws, &p)).await
-            }
+            async move { tokio::time::timeout(Duration::from_secs(10), echo_once(ws, &p)).await }
         }))
         .buffer_unordered(conc.max(1));
         while let Some(r) = futs.next().await {
@@ -754,13 +851,7 @@ async fn run_idle(
 
 // ---------------------------------------------------------------- handshake
 
-async fn run_handshake(
-    t: Target,
-    conc: usize,
-    warmup: f64,
-    duration: f64,
-    max: u64,
-) -> Result<()> {
+async fn run_handshake(t: Target, conc: usize, warmup: f64, duration: f64, max: u64) -> Result<()> {
     let c = Arc::new(Conn::new(&t)?);
     // One priming handshake first (fills e.g. wsgate's Basic cache: one bcrypt, not one
     // per concurrent loop).
