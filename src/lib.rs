@@ -123,7 +123,48 @@ pub fn check(config: Config) -> Result<(), ConfigErrors> {
             message: format!("metrics: {e}"),
         }])
     })?;
-    runtime::build(config, &metrics).map(|_| ())
+    let runtime = runtime::build(config, &metrics)?;
+    // Fetch each JWKS once, as start-up would (not from inside a runtime: no blocking there).
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Ok(());
+    }
+    let problems = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(async {
+            runtime.start(&metrics, None);
+            let problems = runtime.first_fetches().await;
+            runtime.stop();
+            problems
+        }),
+        Err(e) => vec![(String::new(), format!("cannot fetch JWKS: {e}"), true)],
+    };
+    jwks_problems(problems)
+}
+
+/// Start-up JWKS fetch failures: errors where `jwks_required_at_start` says so, warnings
+/// (logged) otherwise.
+fn jwks_problems(problems: Vec<(String, String, bool)>) -> Result<(), ConfigErrors> {
+    let mut errors = Vec::new();
+    for (path, message, required) in problems {
+        if required {
+            errors.push(ConfigError::new(
+                path,
+                format!("cannot fetch the JWKS: {message} (jwks_required_at_start is set)"),
+            ));
+        } else {
+            tracing::warn!(
+                "{path}: cannot fetch the JWKS: {message}; starting without its keys: \
+                 its tokens get 401 until a refresh succeeds"
+            );
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// A gateway with its sockets bound, ready to [`run`](Gateway::run).
@@ -158,6 +199,8 @@ impl Gateway {
     ) -> Result<Self, StartError> {
         let metrics = Metrics::new()?;
         let runtime = runtime::build_with(config, &metrics, upstream_tls.clone())?;
+        runtime.start(&metrics, None);
+        jwks_problems(runtime.first_fetches().await)?;
         publish_applied(&metrics, &runtime);
         let mut listeners = Vec::new();
         for (index, l) in runtime.config.listeners.iter().enumerate() {
@@ -424,7 +467,9 @@ impl Reloader {
         for w in config::warnings(&runtime.config) {
             tracing::warn!("config: {w}");
         }
+        runtime.start(&self.metrics, Some(&**current));
         self.state.store(Arc::new(runtime));
+        current.stop();
         Ok(())
     }
 }

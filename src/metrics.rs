@@ -54,6 +54,10 @@ pub const MESSAGES_TOTAL: &str = "wsgate_messages_total";
 /// Tunnels whose framing could not be followed (spliced on as bytes), per route and reason.
 pub const FRAMES_UNTRACKABLE_TOTAL: &str = "wsgate_frames_untrackable_total";
 
+/// JWKS fetches by authenticator and result (`ok`, `error`).
+pub const JWKS_REFRESHES_TOTAL: &str = "wsgate_jwks_refreshes_total";
+/// Usable keys in an authenticator's JWKS, as of its last successful fetch.
+pub const JWKS_KEYS: &str = "wsgate_jwks_keys";
 /// WebSocket upgrades completed, per route and client protocol (`http1`, `h2`).
 pub const UPGRADES_BY_PROTOCOL_TOTAL: &str = "wsgate_upgrades_by_protocol_total";
 /// Client connections served, by the HTTP protocol they spoke (`http1`, `h2`).
@@ -168,6 +172,7 @@ pub struct Metrics {
     connections_closed_total: IntCounterVec,
     messages_total: IntCounterVec,
     frames_untrackable_total: IntCounterVec,
+    jwks: JwksVecs,
     upgrades_by_protocol_total: IntCounterVec,
     client_connections_by_protocol: [IntCounter; 2],
     /// Listener → subject of its exported expiry series, to drop the series a renewed
@@ -206,6 +211,43 @@ pub struct RouteMetrics {
     /// `wsgate_upgrades_by_protocol_total{route,protocol}`, in `Protocol::ALL` order.
     pub upgrades_by_protocol: [IntCounter; 2],
     metrics: Metrics,
+}
+
+/// The JWKS metric families.
+#[derive(Clone)]
+struct JwksVecs {
+    refreshes: IntCounterVec,
+    keys: IntGaugeVec,
+}
+
+impl JwksVecs {
+    fn register(registry: &Registry) -> Result<Self, MetricsError> {
+        let refreshes = IntCounterVec::new(
+            Opts::new(JWKS_REFRESHES_TOTAL, "JWKS fetches by result."),
+            &["authenticator", "result"],
+        )?;
+        let keys = IntGaugeVec::new(
+            Opts::new(
+                JWKS_KEYS,
+                "Usable keys in the JWKS, as of its last good fetch.",
+            ),
+            &["authenticator"],
+        )?;
+        registry.register(Box::new(refreshes.clone()))?;
+        registry.register(Box::new(keys.clone()))?;
+        Ok(JwksVecs { refreshes, keys })
+    }
+}
+
+/// One JWT authenticator's JWKS handles.
+#[derive(Clone)]
+pub struct JwksMetrics {
+    /// `wsgate_jwks_refreshes_total{authenticator,result="ok"}`.
+    pub ok: IntCounter,
+    /// `wsgate_jwks_refreshes_total{authenticator,result="error"}`.
+    pub error: IntCounter,
+    /// `wsgate_jwks_keys{authenticator}`.
+    pub keys: IntGauge,
 }
 
 /// Errors registering metrics (only possible through a programming error).
@@ -364,7 +406,9 @@ impl Metrics {
         for reason in EVENTS_DROPPED_REASONS {
             events_dropped_total.with_label_values(&[reason]);
         }
+        let jwks = JwksVecs::register(&registry)?;
         Ok(Metrics {
+            jwks,
             registry,
             connections_active,
             connections_total,
@@ -481,6 +525,15 @@ impl Metrics {
     /// `wsgate_events_dropped_total{reason}` (one of [`EVENTS_DROPPED_REASONS`]).
     pub fn events_dropped(&self, reason: &str) -> IntCounter {
         self.events_dropped_total.with_label_values(&[reason])
+    }
+
+    /// The JWKS handles of authenticator `name`, exported at zero from now on.
+    pub fn jwks(&self, name: &str) -> JwksMetrics {
+        JwksMetrics {
+            ok: self.jwks.refreshes.with_label_values(&[name, "ok"]),
+            error: self.jwks.refreshes.with_label_values(&[name, "error"]),
+            keys: self.jwks.keys.with_label_values(&[name]),
+        }
     }
 
     /// `wsgate_events_queued`.

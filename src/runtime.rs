@@ -51,6 +51,39 @@ pub struct Runtime {
     pub listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     /// Leaf certificate subject and expiry per listener (same order; `None` = plain).
     pub listener_certs: Vec<Option<crate::tls::LeafInfo>>,
+    /// Every authenticator by name (routes hold the same `Arc`s).
+    pub authenticators: std::collections::BTreeMap<String, Arc<Authenticator>>,
+}
+
+impl Runtime {
+    /// Starts the authenticators' background work (JWKS refreshes) under `metrics`, after
+    /// taking over what `previous` (the state this one replaces) already loaded. Needs a
+    /// tokio runtime.
+    pub fn start(&self, metrics: &Metrics, previous: Option<&Runtime>) {
+        for (name, a) in &self.authenticators {
+            if let Some(old) = previous.and_then(|p| p.authenticators.get(name)) {
+                a.adopt(old);
+            }
+            a.start(metrics);
+        }
+    }
+
+    /// Stops the background work of a state that was replaced.
+    pub fn stop(&self) {
+        for a in self.authenticators.values() {
+            a.stop();
+        }
+    }
+
+    /// Waits for each JWKS's first fetch (bounded by its `jwks_timeout`); returns the
+    /// failures as (config path, message, whether it must stop the start-up).
+    pub async fn first_fetches(&self) -> Vec<(String, String, bool)> {
+        let mut out = Vec::new();
+        for a in self.authenticators.values() {
+            out.extend(a.first_fetch().await);
+        }
+        out
+    }
 }
 
 fn error(path: String, message: impl Into<String>) -> ConfigError {
@@ -189,6 +222,7 @@ pub fn build_with(
         return Err(ConfigErrors(errors));
     }
     Ok(Runtime {
+        authenticators,
         router: Router::new(routes),
         listener_tls,
         listener_certs,

@@ -4,19 +4,48 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{DecodingKey, Validation};
+use jsonwebtoken::{AlgorithmFamily, DecodingKey, Validation};
 
+use super::jwks::{Jwks, Lookup};
 use super::{AuthFailure, Identity, sources};
 use crate::config::{ConfigError, JwtConfig, PublicFamily, TokenSource, VerifyKey};
+
+/// Where verification keys come from.
+enum Keys {
+    /// One key from `secret`/`secret_file`/`public_key`.
+    Static(DecodingKey),
+    /// A JWKS; `validations` holds one `Validation` per key family in the allow-list
+    /// (jsonwebtoken wants every listed algorithm to fit the key).
+    Jwks {
+        /// The keys and their refresh.
+        jwks: Jwks,
+        /// (family, validation allowing only that family's listed algorithms).
+        validations: Vec<(AlgorithmFamily, Validation)>,
+    },
+}
+
+/// A verified token: who, and the headers its claims map to.
+#[derive(Debug)]
+pub(crate) struct Verified {
+    /// The admitted identity.
+    pub(crate) identity: Identity,
+    /// `claims_to_headers` values for the upstream request.
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+}
 
 /// Upper bound on `leeway`, in seconds.
 const MAX_LEEWAY_SECS: u64 = 86_400;
 
 /// A ready JWT authenticator.
 pub(crate) struct Jwt {
-    /// Verification key, of the family of every allowed algorithm.
-    key: DecodingKey,
+    /// Verification key(s).
+    keys: Keys,
+    /// claim → upstream header.
+    claim_headers: Vec<(String, HeaderName)>,
+    /// The header names of `claim_headers` (client copies are removed upstream).
+    owned: Vec<HeaderName>,
     /// Allow-list, leeway, required claims, issuer/audience.
     validation: Validation,
     /// Where the token is looked for, in order (`from:`).
@@ -57,14 +86,25 @@ impl Jwt {
                 .map(|(field, m)| ConfigError::new(field, m))
                 .collect::<Vec<_>>()
         })?;
+        let claim_headers = crate::config::claim_headers(cfg).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|(claim, m)| ConfigError::new(format!("claims_to_headers.{claim}"), m))
+                .collect::<Vec<_>>()
+        })?;
+        let mut jwks_source = None;
         let key = match key {
-            VerifyKey::Secret(s) => DecodingKey::from_secret(s),
-            VerifyKey::PublicKey(p, family) => load_public_key(p, family).map_err(|m| {
+            VerifyKey::Secret(s) => Some(DecodingKey::from_secret(s)),
+            VerifyKey::PublicKey(p, family) => Some(load_public_key(p, family).map_err(|m| {
                 vec![ConfigError::new(
                     "public_key",
                     format!("{}: {m}", p.display()),
                 )]
-            })?,
+            })?),
+            VerifyKey::Jwks(source) => {
+                jwks_source = Some(source);
+                None
+            }
         };
 
         let mut validation = Validation::new(first);
@@ -91,8 +131,34 @@ impl Jwt {
         }
         validation.set_required_spec_claims(&required);
 
+        let keys = match (key, jwks_source) {
+            (Some(k), _) => Keys::Static(k),
+            (None, Some(source)) => {
+                let jwks = Jwks::build(source, cfg)
+                    .map_err(|(field, m)| vec![ConfigError::new(field, m)])?;
+                let mut validations: Vec<(AlgorithmFamily, Validation)> = Vec::new();
+                for a in &cfg.algorithms {
+                    match validations.iter_mut().find(|(f, _)| *f == a.family()) {
+                        Some((_, v)) => v.algorithms.push(*a),
+                        None => {
+                            let mut v = validation.clone();
+                            v.algorithms = vec![*a];
+                            validations.push((a.family(), v));
+                        }
+                    }
+                }
+                Keys::Jwks { jwks, validations }
+            }
+            (None, None) => {
+                return Err(vec![ConfigError::new("", "no verification key (a bug)")]);
+            }
+        };
+        let owned = claim_headers.iter().map(|(_, h)| h.clone()).collect();
+
         Ok(Jwt {
-            key,
+            keys,
+            claim_headers,
+            owned,
             validation,
             sources,
             max_token_bytes: cfg.max_token_bytes,
@@ -100,14 +166,27 @@ impl Jwt {
         })
     }
 
+    /// Header names this authenticator sets upstream (`claims_to_headers`).
+    pub(crate) fn owned_headers(&self) -> &[HeaderName] {
+        &self.owned
+    }
+
+    /// The JWKS, when the keys come from one.
+    pub(crate) fn jwks(&self) -> Option<&Jwks> {
+        match &self.keys {
+            Keys::Jwks { jwks, .. } => Some(jwks),
+            Keys::Static(_) => None,
+        }
+    }
+
     /// Finds and judges the token. A token in two places (say a Bearer header and a cookie)
     /// is `Malformed`, even the same one twice: which is meant is ambiguous, and whichever we
     /// ignored would reach the upstream.
-    pub(crate) fn check(
+    pub(crate) async fn check(
         &self,
         headers: &http::HeaderMap,
         query: Option<&str>,
-    ) -> Result<Identity, AuthFailure> {
+    ) -> Result<Verified, AuthFailure> {
         let mut token: Option<String> = None;
         for source in &self.sources {
             if let Some(found) = sources::find(source, headers, query, self.max_token_bytes)? {
@@ -117,17 +196,40 @@ impl Jwt {
                 token = Some(found);
             }
         }
-        self.verify(&token.ok_or(AuthFailure::Missing)?)
+        self.verify(&token.ok_or(AuthFailure::Missing)?).await
     }
 
     /// Signature, then claims. Signature first, so a forger learns nothing about claims.
-    fn verify(&self, token: &str) -> Result<Identity, AuthFailure> {
+    pub(crate) async fn verify(&self, token: &str) -> Result<Verified, AuthFailure> {
         if token.is_empty() || token.len() > self.max_token_bytes {
             return Err(AuthFailure::Malformed);
         }
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)
-            .map_err(|e| map_error(e.kind()))?;
-        let claims = data.claims;
+        let claims = match &self.keys {
+            Keys::Static(key) => {
+                jsonwebtoken::decode::<serde_json::Value>(token, key, &self.validation)
+                    .map_err(|e| map_error(e.kind()))?
+                    .claims
+            }
+            Keys::Jwks { jwks, validations } => {
+                let header = jsonwebtoken::decode_header(token).map_err(|e| map_error(e.kind()))?;
+                let Some((_, validation)) = validations
+                    .iter()
+                    .find(|(_, v)| v.algorithms.contains(&header.alg))
+                else {
+                    return Err(AuthFailure::BadSignature);
+                };
+                let kid = header.kid.as_deref();
+                match decode_with(&jwks.keys(), kid, header.alg, token, validation) {
+                    Some(r) => r?,
+                    None => {
+                        // Unknown kid: the only case that may wait for a fetch.
+                        jwks.refresh_for_unknown().await;
+                        decode_with(&jwks.keys(), kid, header.alg, token, validation)
+                            .unwrap_or(Err(AuthFailure::BadSignature))?
+                    }
+                }
+            }
+        };
         let user = match claims.get("sub").and_then(serde_json::Value::as_str) {
             Some(s) if !s.is_empty() => s.to_owned(),
             _ => return Err(AuthFailure::BadClaims),
@@ -139,11 +241,48 @@ impl Jwt {
         if let Some(max_age) = self.max_token_age {
             self.check_age(&claims, max_age)?;
         }
-        Ok(Identity {
-            user,
-            expires_at: Some(expires_at),
+        let headers = super::claims::headers(&claims, &self.claim_headers).map_err(|claim| {
+            tracing::debug!(
+                claim,
+                "claim cannot be an upstream header value; token refused"
+            );
+            AuthFailure::BadClaims
+        })?;
+        Ok(Verified {
+            identity: Identity {
+                user,
+                expires_at: Some(expires_at),
+            },
+            headers,
         })
     }
+}
+
+/// Decodes `token` with the keys of `set` that fit its `kid` and `alg`: `None` when the set
+/// has no key of that `kid` (a refresh may bring it). Without a `kid`, each fitting key is
+/// tried until one verifies the signature.
+fn decode_with(
+    set: &super::jwks::KeySet,
+    kid: Option<&str>,
+    alg: jsonwebtoken::Algorithm,
+    token: &str,
+    validation: &Validation,
+) -> Option<Result<serde_json::Value, AuthFailure>> {
+    let keys = match set.lookup(kid, alg) {
+        Lookup::Unknown => return None,
+        Lookup::Unfit => return Some(Err(AuthFailure::BadSignature)),
+        Lookup::Keys(keys) => keys,
+    };
+    for k in keys {
+        match jsonwebtoken::decode::<serde_json::Value>(token, &k.key, validation) {
+            Ok(data) => return Some(Ok(data.claims)),
+            // Another key (of a token without kid) may still fit.
+            Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {}
+            // Past the signature (claims), or the token itself is broken: the verdict.
+            Err(e) => return Some(Err(map_error(e.kind()))),
+        }
+    }
+    Some(Err(AuthFailure::BadSignature))
 }
 
 impl Jwt {
@@ -281,7 +420,20 @@ pub(crate) mod tests {
     }
 
     fn check_bearer(j: &Jwt, t: &str) -> Result<Identity, AuthFailure> {
-        j.check(&bearer(t), None)
+        check(j, &bearer(t), None)
+    }
+
+    /// `Jwt::check` with a static key, which never waits.
+    pub(crate) fn check(
+        j: &Jwt,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Identity, AuthFailure> {
+        use futures_util::FutureExt as _;
+        j.check(headers, query)
+            .now_or_never()
+            .expect("a static key never waits")
+            .map(|v| v.identity)
     }
 
     fn pem_file(text: &str) -> tempfile::NamedTempFile {
@@ -309,7 +461,7 @@ pub(crate) mod tests {
         let j = Jwt::build(&hs_cfg()).expect("build");
         let exp = now() + 600;
         let t = hs_token(&json!({"sub": "alice", "exp": exp}));
-        let id = j.check(&bearer(&t), None).expect("admit");
+        let id = check(&j, &bearer(&t), None).expect("admit");
         assert_eq!(id.user, "alice");
         assert_eq!(id.expires_at, Some(UNIX_EPOCH + Duration::from_secs(exp)));
     }
@@ -321,7 +473,7 @@ pub(crate) mod tests {
         // Encode the dots and a few letters; the decoded value must verify.
         let enc = t.replace('.', "%2E").replacen('e', "%65", 2);
         let q = format!("a=1&token={enc}&tokens=zzz");
-        let id = j.check(&http::HeaderMap::new(), Some(&q)).expect("admit");
+        let id = check(&j, &http::HeaderMap::new(), Some(&q)).expect("admit");
         assert_eq!(id.user, "alice");
     }
 
@@ -331,16 +483,16 @@ pub(crate) mod tests {
         let t = hs_token(&good_claims());
         let q = format!("token={t}&token={t}");
         assert_eq!(
-            j.check(&http::HeaderMap::new(), Some(&q)).err(),
+            check(&j, &http::HeaderMap::new(), Some(&q)).err(),
             Some(AuthFailure::Malformed)
         );
         let q = format!("token={t}");
         assert_eq!(
-            j.check(&bearer(&t), Some(&q)).err(),
+            check(&j, &bearer(&t), Some(&q)).err(),
             Some(AuthFailure::Malformed)
         );
         assert_eq!(
-            j.check(&http::HeaderMap::new(), Some("token=")).err(),
+            check(&j, &http::HeaderMap::new(), Some("token=")).err(),
             Some(AuthFailure::Malformed)
         );
     }
@@ -349,7 +501,7 @@ pub(crate) mod tests {
     fn missing_when_no_token() {
         let j = Jwt::build(&hs_cfg()).expect("build");
         assert_eq!(
-            j.check(&http::HeaderMap::new(), Some("a=1&tokens=x")).err(),
+            check(&j, &http::HeaderMap::new(), Some("a=1&tokens=x")).err(),
             Some(AuthFailure::Missing)
         );
         let mut basic = http::HeaderMap::new();
@@ -357,7 +509,7 @@ pub(crate) mod tests {
             http::header::AUTHORIZATION,
             http::HeaderValue::from_static("Basic YTpi"),
         );
-        assert_eq!(j.check(&basic, None).err(), Some(AuthFailure::Missing));
+        assert_eq!(check(&j, &basic, None).err(), Some(AuthFailure::Missing));
     }
 
     #[test]
@@ -434,7 +586,7 @@ pub(crate) mod tests {
         assert_eq!(check_bearer(&j, &t).err(), Some(AuthFailure::Malformed));
         let q = format!("token={t}");
         assert_eq!(
-            j.check(&http::HeaderMap::new(), Some(&q)).err(),
+            check(&j, &http::HeaderMap::new(), Some(&q)).err(),
             Some(AuthFailure::Malformed)
         );
     }
@@ -544,6 +696,63 @@ pub(crate) mod tests {
         )
         .expect("encode");
         assert_eq!(check_bearer(&j, &t).expect("admit").user, "alice");
+    }
+
+    /// A JWKS file authenticator mixes key families and never waits when nothing fetches.
+    #[tokio::test]
+    async fn jwks_file_keys_by_kid_across_families() {
+        use base64::Engine as _;
+        use jsonwebtoken::jwk::Jwk;
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("keygen");
+        let ec_enc = EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).expect("enc");
+        let mut ec_jwk =
+            serde_json::to_value(Jwk::from_encoding_key(&ec_enc, Algorithm::ES256).expect("jwk"))
+                .expect("json");
+        ec_jwk["kid"] = json!("ec");
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("keygen");
+        let ed_enc = EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).expect("enc");
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ed.public_key_raw());
+        let ed_jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "ed"});
+        let f = pem_file(&json!({"keys": [ec_jwk, ed_jwk]}).to_string());
+        let cfg = JwtConfig {
+            algorithms: vec![Algorithm::ES256, Algorithm::EdDSA],
+            key: JwtKey::Jwks(crate::config::JwksSource::File(f.path().to_path_buf())),
+            ..hs_cfg()
+        };
+        let j = Jwt::build(&cfg).expect("build");
+        let token = |alg, kid: &str, key: &EncodingKey| {
+            let mut h = Header::new(alg);
+            h.kid = Some(kid.into());
+            encode(&h, &good_claims(), key).expect("encode")
+        };
+        let j = &j;
+        let ok =
+            |t: String| async move { j.check(&bearer(&t), None).await.map(|v| v.identity.user) };
+        assert_eq!(
+            ok(token(Algorithm::ES256, "ec", &ec_enc)).await,
+            Ok("alice".into())
+        );
+        assert_eq!(
+            ok(token(Algorithm::EdDSA, "ed", &ed_enc)).await,
+            Ok("alice".into())
+        );
+        // Wrong key for the kid, unknown kid (no refresh task: refused at once).
+        let start = tokio::time::Instant::now();
+        assert_eq!(
+            ok(token(Algorithm::EdDSA, "ec", &ed_enc)).await,
+            Err(AuthFailure::BadSignature)
+        );
+        assert_eq!(
+            ok(token(Algorithm::ES256, "nope", &ec_enc)).await,
+            Err(AuthFailure::BadSignature)
+        );
+        assert!(start.elapsed() < Duration::from_secs(1));
+        // HS256 is never accepted with a JWKS, even with a key's bytes as the secret.
+        let cfg = JwtConfig {
+            algorithms: vec![Algorithm::HS256],
+            ..cfg
+        };
+        assert_eq!(Jwt::build(&cfg).expect_err("hs")[0].path, "algorithms");
     }
 
     #[test]

@@ -8,8 +8,10 @@
 
 mod basic;
 mod cache;
+mod claims;
 mod forward;
 mod htpasswd;
+mod jwks;
 mod jwt;
 mod limiter;
 pub mod mint;
@@ -237,7 +239,10 @@ impl Authenticator {
     pub async fn judge(&self, req: &AuthRequest<'_>) -> Result<Admission, Rejection> {
         let (identity, upstream_headers) = match &self.kind {
             Kind::Basic(b) => (b.check_from(req.headers, req.client).await?, Vec::new()),
-            Kind::Jwt(j) => (j.check(req.headers, req.query())?, Vec::new()),
+            Kind::Jwt(j) => {
+                let v = j.check(req.headers, req.query()).await?;
+                (v.identity, v.headers)
+            }
             Kind::Forward(f) => {
                 let answer = f.check(req).await?;
                 (answer.identity, answer.headers)
@@ -253,9 +258,53 @@ impl Authenticator {
     /// Header names this authenticator sets on upstream requests; client copies are removed.
     pub fn owned_headers(&self) -> &[HeaderName] {
         match &self.kind {
-            Kind::Basic(_) | Kind::Jwt(_) => &[],
+            Kind::Basic(_) => &[],
+            Kind::Jwt(j) => j.owned_headers(),
             Kind::Forward(f) => f.owned_headers(),
         }
+    }
+
+    /// Starts background work (a JWKS refresh task) under `metrics`; needs a tokio runtime.
+    pub fn start(&self, metrics: &crate::metrics::Metrics) {
+        if let Kind::Jwt(j) = &self.kind
+            && let Some(jwks) = j.jwks()
+        {
+            jwks.start(&self.name, metrics);
+        }
+    }
+
+    /// Stops background work (this authenticator was replaced by a reload).
+    pub fn stop(&self) {
+        if let Kind::Jwt(j) = &self.kind
+            && let Some(jwks) = j.jwks()
+        {
+            jwks.stop();
+        }
+    }
+
+    /// Takes over what `old` (same name, previous config) already loaded: a JWKS of the same
+    /// source, so a reload leaves no gap without keys.
+    pub fn adopt(&self, old: &Authenticator) {
+        if let (Kind::Jwt(new), Kind::Jwt(old)) = (&self.kind, &old.kind)
+            && let (Some(new), Some(old)) = (new.jwks(), old.jwks())
+        {
+            new.adopt(old);
+        }
+    }
+
+    /// Waits for the first JWKS fetch; a problem as (config path, message, whether it must
+    /// stop the start-up), `None` when there is none.
+    pub async fn first_fetch(&self) -> Option<(String, String, bool)> {
+        let Kind::Jwt(j) = &self.kind else {
+            return None;
+        };
+        let jwks = j.jwks()?;
+        let (message, required) = jwks.first_fetch().await?;
+        Some((
+            format!("auth.{}.{}", self.name, jwks.source_key()),
+            message,
+            required,
+        ))
     }
 
     /// Removes the credentials this authenticator reads from what goes upstream: Basic's
@@ -446,6 +495,21 @@ impl RouteAuth {
             a.strip_credentials(headers, query);
         }
         for name in self.owned_headers() {
+            headers.remove(name);
+        }
+        // With `underscores_in_headers: true`, `X_Auth_Role` would reach a WSGI/CGI backend
+        // as the same variable as the `X-Auth-Role` set here: its copies go too.
+        let twins: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| {
+                n.as_str().contains('_')
+                    && self
+                        .owned_headers()
+                        .any(|o| o.as_str() == n.as_str().replace('_', "-"))
+            })
+            .cloned()
+            .collect();
+        for name in twins {
             headers.remove(name);
         }
         for (name, value) in &admission.upstream_headers {

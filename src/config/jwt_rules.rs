@@ -6,7 +6,7 @@ use std::path::Path;
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 
-use super::types::{JwtConfig, JwtKey};
+use super::types::{JwksSource, JwtConfig, JwtKey};
 
 /// Algorithm names in the order they are listed in messages.
 pub(crate) const ALGORITHMS: &[(&str, Algorithm)] = &[
@@ -46,6 +46,8 @@ pub(crate) enum VerifyKey<'a> {
     Secret(&'a [u8]),
     /// A PEM public key file of this family.
     PublicKey(&'a Path, PublicFamily),
+    /// Public keys from a JWKS; each key says its own family.
+    Jwks(&'a JwksSource),
 }
 
 /// Checks `cfg`; returns the first allowed algorithm and the key to verify with, or every
@@ -68,6 +70,29 @@ pub(crate) fn check(
         return Err(problems);
     };
     let family = first.family();
+    if let JwtKey::Jwks(source) = &cfg.key {
+        // A JWKS holds one key per family it serves, so families may mix; but it publishes
+        // public keys only, and an HMAC secret must never be read from one.
+        if let Some(h) = cfg
+            .algorithms
+            .iter()
+            .find(|a| a.family() == AlgorithmFamily::Hmac)
+        {
+            problems.push((
+                "algorithms",
+                format!(
+                    "{} verifies with a shared secret, which a JWKS does not carry: \
+                     list only RS*/PS*/ES*/EdDSA algorithms with a JWKS",
+                    alg_name(*h)
+                ),
+            ));
+        }
+        return if problems.is_empty() {
+            Ok((first, VerifyKey::Jwks(source)))
+        } else {
+            Err(problems)
+        };
+    }
     // One authenticator holds one key, and one key verifies one family.
     if let Some(other) = cfg.algorithms.iter().find(|a| a.family() != family) {
         problems.push((
@@ -120,6 +145,8 @@ pub(crate) fn check(
             return Err(problems);
         }
         (JwtKey::PublicKey(p), Some(f)) => VerifyKey::PublicKey(p, f),
+        // Handled above.
+        (JwtKey::Jwks(source), _) => VerifyKey::Jwks(source),
     };
     if problems.is_empty() {
         Ok((first, key))
@@ -177,4 +204,77 @@ pub(crate) fn parse_algorithm(name: &str) -> Result<(&'static str, Algorithm), S
         "unknown algorithm \"{}\" ({hint}valid: {valid})",
         name.escape_debug()
     ))
+}
+
+/// Header names a claim may not be mapped to: the gateway sets them itself, they carry
+/// credentials, or they are part of the HTTP/WebSocket handshake.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "connection",
+    "upgrade",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "content-length",
+    "forwarded",
+    "x-real-ip",
+    "x-auth-user",
+];
+
+/// `claims_to_headers` checked: (claim, header) pairs.
+pub(crate) type ClaimHeaders = Vec<(String, http::HeaderName)>;
+
+/// Checks `claims_to_headers`: each target a valid header name that the gateway does not own,
+/// each used once. Returns (claim, header) pairs, or every problem as (claim, message).
+pub(crate) fn claim_headers(cfg: &JwtConfig) -> Result<ClaimHeaders, Vec<(String, String)>> {
+    let mut out: Vec<(String, http::HeaderName)> = Vec::new();
+    let mut problems = Vec::new();
+    for (claim, header) in &cfg.claims_to_headers {
+        if claim.is_empty() {
+            problems.push((claim.clone(), "a claim name must not be empty".to_string()));
+            continue;
+        }
+        let Ok(name) = http::HeaderName::from_bytes(header.as_bytes()) else {
+            problems.push((
+                claim.clone(),
+                format!("\"{}\" is not a valid header name", header.escape_debug()),
+            ));
+            continue;
+        };
+        let lower = name.as_str();
+        if RESERVED_HEADERS.contains(&lower)
+            || lower.starts_with("sec-websocket-")
+            || lower.starts_with("x-forwarded-")
+            || lower.starts_with("proxy-")
+        {
+            problems.push((
+                claim.clone(),
+                format!(
+                    "{header} is set by the gateway or part of the HTTP handshake: \
+                     choose another name (e.g. X-Auth-Role)"
+                ),
+            ));
+            continue;
+        }
+        if let Some((other, _)) = out.iter().find(|(_, n)| *n == name) {
+            problems.push((
+                claim.clone(),
+                format!(
+                    "{header} is already the header of claim \"{}\"",
+                    other.escape_debug()
+                ),
+            ));
+            continue;
+        }
+        out.push((claim.clone(), name));
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
 }

@@ -41,6 +41,7 @@ pub(crate) fn check_format(format: &str, s: &str) -> Option<Result<(), String>> 
         "route-path" => validate::route_path(s),
         "upstream-url" => ok(validate::upstream_url(s)),
         "webhook-url" => ok(validate::webhook_url(s)),
+        "jwks-url" => ok(jwks_url(s)),
         "auth-url" => ok(validate::auth_url(s)),
         "upstream-header" => validate::upstream_header(s),
         "http-method" => validate::http_method(s),
@@ -106,6 +107,9 @@ string_schema!(
 string_schema!(
     /// `http://` or `https://` host, port, path and query.
     WebhookUrlStr, {"type": "string", "format": "webhook-url"});
+string_schema!(
+    /// `http://` or `https://` URL of a JWKS.
+    JwksUrlStr, {"type": "string", "format": "jwks-url"});
 string_schema!(
     /// `http://` or `https://` URL of a forward-auth service.
     AuthUrlStr, {"type": "string", "format": "auth-url"});
@@ -293,6 +297,37 @@ pub(crate) mod webhook {
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<WebhookUrl, D::Error> {
         validate::webhook_url(&String::deserialize(d)?).map_err(D::Error::custom)
+    }
+}
+
+/// A JWKS URL: the webhook URL rules, with messages that don't speak of webhooks.
+pub(crate) fn jwks_url(s: &str) -> Result<WebhookUrl, String> {
+    validate::webhook_url(s).map_err(|e| {
+        e.replace(
+            "\"https://hooks.internal/wsgate\"",
+            "\"https://idp.example/jwks.json\"",
+        )
+        .replace("webhook URL", "URL")
+    })
+}
+
+/// `auth.*.jwks_url`.
+pub(crate) mod opt_jwks_url {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(
+        v: &Option<WebhookUrl>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        v.as_ref().map(|u| u.url.as_str()).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<WebhookUrl>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| jwks_url(&s).map_err(D::Error::custom))
+            .transpose()
     }
 }
 

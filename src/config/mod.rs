@@ -25,11 +25,14 @@ mod validate;
 mod warnings;
 
 pub use leaf::Secret;
+pub(crate) use leaf::jwks_url;
 pub use schema::schema;
 pub use types::*;
 pub use warnings::warnings;
 
-pub(crate) use jwt_rules::{PublicFamily, VerifyKey, check as check_jwt};
+pub(crate) use jwt_rules::{
+    PublicFamily, VerifyKey, alg_name as alg_name_of, check as check_jwt, claim_headers,
+};
 pub(crate) use token_sources::resolve as resolve_token_sources;
 
 use std::fmt;
@@ -813,6 +816,111 @@ routes:
         has(&e, "auth.j.audience[1]", "expected a string");
         has(&e, "auth.j.audience[2]", "must not be empty");
         has(&e, "auth.j.query_param", "must not be empty");
+    }
+
+    #[test]
+    fn jwt_jwks_sources() {
+        let c = ok(&jwt(
+            "    algorithms: [RS256, ES256, EdDSA]\n    jwks_url: \"https://idp.example/certs?x=1\"\n    ca: ca.pem\n    jwks_refresh: 1m\n",
+        ));
+        let j = jwt_config(&c);
+        match &j.key {
+            JwtKey::Jwks(JwksSource::Url(u)) => {
+                assert!(u.tls);
+                assert_eq!(u.path_and_query, "/certs?x=1");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(j.jwks_refresh, std::time::Duration::from_secs(60));
+        assert_eq!(j.jwks_min_interval, std::time::Duration::from_secs(10));
+        assert!(j.ca.as_ref().is_some_and(|p| p.is_absolute()));
+        let c = ok(&jwt("    algorithms: [RS256]\n    jwks_file: keys.json\n"));
+        assert!(
+            matches!(&jwt_config(&c).key, JwtKey::Jwks(JwksSource::File(p)) if p.ends_with("keys.json"))
+        );
+        let c = ok(&jwt(
+            "    algorithms: [RS256]\n    issuer: \"https://sso.example/realms/a/\"\n    discovery: true\n",
+        ));
+        match &jwt_config(&c).key {
+            JwtKey::Jwks(JwksSource::Discovery(u)) => {
+                assert_eq!(
+                    u.path_and_query,
+                    "/realms/a/.well-known/openid-configuration"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn jwt_jwks_rules() {
+        let e = errs(&jwt(
+            "    algorithms: [HS256, RS256]\n    jwks_url: \"http://idp\"\n",
+        ));
+        has(
+            &e,
+            "auth.j.algorithms",
+            "HS256 verifies with a shared secret, which a JWKS does not carry",
+        );
+        let e = errs(&jwt(
+            "    algorithms: [RS256]\n    jwks_url: \"ftp://idp\"\n",
+        ));
+        has(&e, "auth.j.jwks_url", "unsupported scheme");
+        let e = errs(&jwt(
+            "    algorithms: [RS256]\n    jwks_url: \"http://idp\"\n    public_key: k.pem\n",
+        ));
+        has(&e, "auth.j", "set only one of public_key or jwks_url");
+        let e = errs(&jwt(
+            "    algorithms: [RS256]\n    jwks_url: \"http://idp\"\n    jwks_file: f\n    discovery: true\n",
+        ));
+        has(
+            &e,
+            "auth.j",
+            "set only one of jwks_url, jwks_file or discovery",
+        );
+        let e = errs(&jwt("    algorithms: [RS256]\n    discovery: true\n"));
+        has(&e, "auth.j.issuer", "discovery needs issuer");
+        let e = errs(&jwt(
+            "    algorithms: [RS256]\n    discovery: true\n    issuer: \"urn:x\"\n",
+        ));
+        has(&e, "auth.j.issuer", "http:// or https://");
+        let e = errs(&jwt(
+            "    algorithms: [RS256]\n    jwks_url: \"http://idp\"\n    ca: ca.pem\n    jwks_refresh: 0s\n",
+        ));
+        has(&e, "auth.j.ca", "only applies to an https://");
+        has(&e, "auth.j.jwks_refresh", "greater than 0s");
+        let e = errs(&jwt(
+            "    algorithms: [RS256]\n    public_key: k.pem\n    jwks_refresh: 1m\n    jwks_required_at_start: true\n",
+        ));
+        has(&e, "auth.j.jwks_refresh", "only applies to a JWKS");
+        has(
+            &e,
+            "auth.j.jwks_required_at_start",
+            "only applies to a JWKS",
+        );
+        let e = errs(&jwt("    algorithms: [ES256]\n"));
+        has(&e, "auth.j", "jwks_url");
+    }
+
+    #[test]
+    fn jwt_claims_to_headers_rules() {
+        let c = ok(&jwt(
+            "    algorithms: [HS256]\n    secret: 0123456789abcdef0123456789abcdef\n    claims_to_headers: {role: X-Auth-Role, realm_access.roles: x-roles}\n",
+        ));
+        assert_eq!(jwt_config(&c).claims_to_headers.len(), 2);
+        let e = errs(&jwt(
+            "    algorithms: [HS256]\n    secret: 0123456789abcdef0123456789abcdef\n    claims_to_headers: {a: \"bad name\", b: X-Auth-User, c: Sec-WebSocket-Protocol, d: X-Forwarded-For, e: X-Role, f: x-role, g: \"\"}\n",
+        ));
+        has(&e, "auth.j.claims_to_headers.a", "not a valid header name");
+        has(&e, "auth.j.claims_to_headers.b", "set by the gateway");
+        has(&e, "auth.j.claims_to_headers.c", "set by the gateway");
+        has(&e, "auth.j.claims_to_headers.d", "set by the gateway");
+        has(
+            &e,
+            "auth.j.claims_to_headers.f",
+            "already the header of claim \"e\"",
+        );
+        has(&e, "auth.j.claims_to_headers.g", "must not be empty");
     }
 
     #[test]

@@ -222,37 +222,80 @@ fn jwt(j: &mut JwtConfig, tree: &Value, at: &[Seg], base_dir: &Path, problems: &
         }
     }
     j.algorithms = unique;
-    for f in [&mut j.secret_file, &mut j.public_key]
-        .into_iter()
-        .flatten()
+    for f in [
+        &mut j.secret_file,
+        &mut j.public_key,
+        &mut j.jwks_file,
+        &mut j.ca,
+    ]
+    .into_iter()
+    .flatten()
     {
         *f = base_dir.join(&*f);
     }
+    if let Err(found) = super::jwt_rules::claim_headers(j) {
+        for (claim, message) in found {
+            problems.push(
+                &[&under("claims_to_headers")[..], &[key(&claim)]].concat(),
+                message,
+            );
+        }
+    }
     let secret_file_at = under("secret_file");
+    let sources = [
+        "secret",
+        "secret_file",
+        "public_key",
+        "jwks_url",
+        "jwks_file",
+        "discovery",
+    ];
     // A key value already refused (an unset ${VAR}, a wrong type) says nothing more.
-    if ["secret", "secret_file", "public_key"]
-        .iter()
-        .any(|k| problems.is_poisoned(&under(k)))
-    {
+    if sources.iter().any(|k| problems.is_poisoned(&under(k))) {
         return;
     }
-    let key = match (j.secret.take(), &j.secret_file, &j.public_key) {
-        (Some(_), Some(_), _) => {
-            problems.push(&secret_file_at, "set only one of secret or secret_file");
-            None
+    let set: Vec<&str> = sources
+        .into_iter()
+        .zip([
+            j.secret.is_some(),
+            j.secret_file.is_some(),
+            j.public_key.is_some(),
+            j.jwks_url.is_some(),
+            j.jwks_file.is_some(),
+            j.discovery,
+        ])
+        .filter_map(|(k, on)| on.then_some(k))
+        .collect();
+    let jwks = matches!(set.as_slice(), ["jwks_url" | "jwks_file" | "discovery"]);
+    let https = j.jwks_url.as_ref().is_some_and(|u| u.tls)
+        || (j.discovery
+            && j.issuer
+                .as_deref()
+                .is_some_and(|i| i.starts_with("https://")));
+    if !jwks {
+        // These would silently do nothing without a JWKS.
+        for k in [
+            "jwks_refresh",
+            "jwks_min_interval",
+            "jwks_timeout",
+            "jwks_required_at_start",
+        ] {
+            if present(tree, &under(k)) {
+                problems.push(
+                    &under(k),
+                    "only applies to a JWKS (jwks_url, jwks_file or discovery)",
+                );
+            }
         }
-        (Some(_), None, Some(_)) => {
-            problems.push(at, "set only one of secret or public_key");
-            None
-        }
-        (None, Some(_), Some(_)) => {
-            problems.push(at, "set only one of secret_file or public_key");
-            None
-        }
-        (Some(s), None, None) => Some(JwtKey::Secret(s.0)),
-        (None, Some(f), None) => read_secret(f, &secret_file_at, problems).map(JwtKey::Secret),
-        (None, None, Some(k)) => Some(JwtKey::PublicKey(k.clone())),
-        (None, None, None) => {
+    }
+    if j.ca.is_some() && set.len() == 1 && !https {
+        problems.push(
+            &under("ca"),
+            "a CA file only applies to an https:// jwks_url or discovery",
+        );
+    }
+    let key = match set.as_slice() {
+        [] => {
             // Which key is missing depends on the family.
             let msg = match j.algorithms.first() {
                 Some(a) if a.family() == AlgorithmFamily::Hmac => format!(
@@ -260,15 +303,47 @@ fn jwt(j: &mut JwtConfig, tree: &Value, at: &[Seg], base_dir: &Path, problems: &
                     alg_name(*a)
                 ),
                 Some(a) => format!(
-                    "{} needs a public key: set public_key to a PEM file",
+                    "{} needs a public key: set public_key to a PEM file, or jwks_url, \
+                     jwks_file or discovery for an identity provider's keys",
                     alg_name(*a)
                 ),
-                None => "one of secret, secret_file or public_key is required".to_string(),
+                None => "one of secret, secret_file, public_key, jwks_url, jwks_file or \
+                         discovery is required"
+                    .to_string(),
             };
             problems.push(at, msg);
             None
         }
+        ["secret"] => j.secret.take().map(|s| JwtKey::Secret(s.0)),
+        ["secret_file"] => j
+            .secret_file
+            .as_ref()
+            .and_then(|f| read_secret(f, &secret_file_at, problems))
+            .map(JwtKey::Secret),
+        ["public_key"] => j.public_key.clone().map(JwtKey::PublicKey),
+        ["jwks_url"] => j.jwks_url.clone().map(|u| JwtKey::Jwks(JwksSource::Url(u))),
+        ["jwks_file"] => j
+            .jwks_file
+            .clone()
+            .map(|f| JwtKey::Jwks(JwksSource::File(f))),
+        ["discovery"] => discovery_url(j.issuer.as_deref())
+            .map_err(|m| problems.push(&under("issuer"), m))
+            .ok()
+            .map(|u| JwtKey::Jwks(JwksSource::Discovery(u))),
+        ["secret", "secret_file"] => {
+            problems.push(&secret_file_at, "set only one of secret or secret_file");
+            None
+        }
+        [a, b] => {
+            problems.push(at, format!("set only one of {a} or {b}"));
+            None
+        }
+        [rest @ .., last] => {
+            problems.push(at, format!("set only one of {} or {last}", rest.join(", ")));
+            None
+        }
     };
+    j.secret = None;
     let Some(key) = key else { return };
     j.key = key;
     // Key/family, secret length and the like are rules on the typed config, shared with the
@@ -283,6 +358,33 @@ fn jwt(j: &mut JwtConfig, tree: &Value, at: &[Seg], base_dir: &Path, problems: &
             problems.push(&under(field), message);
         }
     }
+}
+
+/// Whether the YAML wrote a value at `at`.
+fn present(tree: &Value, at: &[Seg]) -> bool {
+    let mut v = Some(tree);
+    for seg in at {
+        v = match (seg, v) {
+            (Seg::Key(k), Some(Value::Object(m))) => m.get(k),
+            (Seg::Idx(n), Some(Value::Array(a))) => a.get(*n),
+            _ => None,
+        };
+    }
+    v.is_some()
+}
+
+/// The OpenID configuration URL of an issuer (OpenID Connect Discovery 1.0, §4).
+fn discovery_url(issuer: Option<&str>) -> Result<WebhookUrl, String> {
+    let Some(issuer) = issuer else {
+        return Err("discovery needs issuer: the identity provider's URL".to_string());
+    };
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    super::leaf::jwks_url(&url).map_err(|e| {
+        format!("discovery needs issuer to be the provider's http:// or https:// URL: {e}")
+    })
 }
 
 fn routes(

@@ -207,6 +207,8 @@ pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 #[schemars(extend("x-tag-noun" = "authenticator type"))]
+// Read once per config load, never copied on a request path: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum AuthConfig {
     /// HTTP Basic against an htpasswd file.
     Basic(BasicConfig),
@@ -339,6 +341,36 @@ pub struct JwtConfig {
     #[serde(with = "leaf::opt_duration")]
     #[schemars(with = "Option<leaf::DurationStr>")]
     pub max_token_age: Option<Duration>,
+    /// http:// or https:// URL of a JWKS (the identity provider's public keys, chosen by `kid`).
+    #[serde(with = "leaf::opt_jwks_url")]
+    #[schemars(with = "Option<leaf::JwksUrlStr>")]
+    pub jwks_url: Option<WebhookUrl>,
+    /// A JWKS file (JSON `{"keys": [...]}`), re-read every `jwks_refresh`.
+    #[schemars(with = "Option<leaf::FilePath>")]
+    pub jwks_file: Option<PathBuf>,
+    /// Find the JWKS through `issuer` + `/.well-known/openid-configuration` (its `jwks_uri`).
+    pub discovery: bool,
+    /// CA file trusted for an https:// `jwks_url` or discovery instead of the system roots.
+    #[schemars(with = "Option<leaf::FilePath>")]
+    pub ca: Option<PathBuf>,
+    /// How often the JWKS is fetched again (a token with an unknown `kid` also triggers a fetch).
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::PositiveDuration")]
+    pub jwks_refresh: Duration,
+    /// Shortest time between two JWKS fetches triggered by unknown `kid`s.
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::PositiveDuration")]
+    pub jwks_min_interval: Duration,
+    /// How long one JWKS fetch (connect, request, answer) may take.
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::PositiveDuration")]
+    pub jwks_timeout: Duration,
+    /// Refuse to start (or reload) when the first JWKS fetch fails; otherwise start and answer
+    /// 401 to tokens until the keys arrive.
+    pub jwks_required_at_start: bool,
+    /// Claim → upstream header (`role: X-Auth-Role`); the client's copies are removed first.
+    #[schemars(with = "BTreeMap<String, leaf::NonEmpty>")]
+    pub claims_to_headers: BTreeMap<String, String>,
     /// Where the token is read, each a one-key map: `query: NAME`, `header: NAME`,
     /// `cookie: NAME`, `subprotocol: PREFIX`; default `[query: <query_param>, header: Authorization]`.
     pub from: Option<Vec<TokenSourceConfig>>,
@@ -397,6 +429,15 @@ impl Default for JwtConfig {
             leeway: Duration::from_secs(30),
             max_token_bytes: 8192,
             max_token_age: None,
+            jwks_url: None,
+            jwks_file: None,
+            discovery: false,
+            ca: None,
+            jwks_refresh: Duration::from_secs(300),
+            jwks_min_interval: Duration::from_secs(10),
+            jwks_timeout: Duration::from_secs(5),
+            jwks_required_at_start: false,
+            claims_to_headers: BTreeMap::new(),
             from: None,
         }
     }
@@ -409,6 +450,19 @@ pub enum JwtKey {
     Secret(String),
     /// PEM public key file for RS*/PS*/ES*/EdDSA.
     PublicKey(PathBuf),
+    /// Public keys from a JWKS (`jwks_url`, `jwks_file` or `discovery`).
+    Jwks(JwksSource),
+}
+
+/// Where a JWKS comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// Fetched from this URL.
+    Url(WebhookUrl),
+    /// Read from this file.
+    File(PathBuf),
+    /// `jwks_uri` of the OpenID configuration under this issuer URL.
+    Discovery(WebhookUrl),
 }
 
 impl Default for JwtKey {
@@ -424,6 +478,7 @@ impl std::fmt::Debug for JwtKey {
         match self {
             JwtKey::Secret(_) => f.write_str("Secret(<redacted>)"),
             JwtKey::PublicKey(p) => f.debug_tuple("PublicKey").field(p).finish(),
+            JwtKey::Jwks(s) => f.debug_tuple("Jwks").field(s).finish(),
         }
     }
 }
