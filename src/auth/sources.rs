@@ -79,13 +79,13 @@ pub(crate) fn strip(source: &TokenSource, headers: &mut HeaderMap, query: &mut O
             headers.remove(name);
         }
         TokenSource::Cookie(name) => {
-            rewrite_list(headers, header::COOKIE, ';', |pair| {
-                cookie_name(pair) == name
+            rewrite_list(headers, header::COOKIE, b';', |pair| {
+                cookie_name(pair) == name.as_bytes()
             });
         }
         TokenSource::Subprotocol { prefix, .. } => {
-            rewrite_list(headers, header::SEC_WEBSOCKET_PROTOCOL, ',', |entry| {
-                entry.trim().starts_with(prefix.as_str())
+            rewrite_list(headers, header::SEC_WEBSOCKET_PROTOCOL, b',', |entry| {
+                entry.trim_ascii().starts_with(prefix.as_bytes())
             });
         }
     }
@@ -98,8 +98,12 @@ fn utf8(bytes: &[u8]) -> Result<String, AuthFailure> {
 }
 
 /// A cookie pair's name as lenient servers read it (blanks around it trimmed).
-fn cookie_name(pair: &str) -> &str {
-    pair.split_once('=').map_or(pair, |(n, _)| n).trim()
+fn cookie_name(pair: &[u8]) -> &[u8] {
+    let name = match pair.iter().position(|b| *b == b'=') {
+        Some(eq) => &pair[..eq],
+        None => pair,
+    };
+    name.trim_ascii()
 }
 
 /// The raw values of every `name` cookie, over all `Cookie` headers (HTTP/2 sends one per
@@ -112,8 +116,7 @@ fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Ite
         .filter_map(move |pair| {
             let pair = pair.trim_ascii();
             let eq = pair.iter().position(|b| *b == b'=')?;
-            let (n, v) = (&pair[..eq], &pair[eq + 1..]);
-            (n.trim_ascii() == name.as_bytes()).then_some(v.trim_ascii())
+            (cookie_name(pair) == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
         })
 }
 
@@ -136,44 +139,36 @@ fn subprotocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// Drops the items of a `sep`-separated header that `drop` matches, keeping every other item
-/// byte for byte; a header left empty is removed. Values that are not visible ASCII are left
-/// alone (a credential inside one was refused as malformed before anything is forwarded).
+/// byte for byte (bytes, not text: a value with non-ASCII bytes elsewhere is cleaned all the
+/// same); a header left empty is removed.
 fn rewrite_list(
     headers: &mut HeaderMap,
     name: header::HeaderName,
-    sep: char,
-    drop: impl Fn(&str) -> bool,
+    sep: u8,
+    drop: impl Fn(&[u8]) -> bool,
 ) {
     let old: Vec<http::HeaderValue> = headers.get_all(&name).iter().cloned().collect();
-    if old.is_empty() {
+    if !old
+        .iter()
+        .any(|v| v.as_bytes().split(|b| *b == sep).any(&drop))
+    {
         return;
     }
-    let mut changed = false;
-    let mut new = Vec::with_capacity(old.len());
+    headers.remove(&name);
     for value in old {
-        let Ok(text) = value.to_str() else {
-            new.push(value);
-            continue;
-        };
-        let kept: Vec<&str> = text.split(sep).filter(|item| !drop(item)).collect();
-        if kept.len() == text.split(sep).count() {
-            new.push(value);
-            continue;
-        }
-        changed = true;
-        let joined = kept.join(&sep.to_string());
-        // The first kept item may have carried the blank that followed a removed separator.
-        let joined = joined.trim_start();
-        if joined.trim().is_empty() {
+        let kept: Vec<&[u8]> = value
+            .as_bytes()
+            .split(|b| *b == sep)
+            .filter(|item| !drop(item))
+            .collect();
+        let joined = kept.join(&sep);
+        // The first kept item may carry the blank that followed a removed separator.
+        let joined = joined.trim_ascii_start();
+        if joined.trim_ascii().is_empty() {
             continue;
         }
-        if let Ok(v) = http::HeaderValue::from_str(joined) {
-            new.push(v);
-        }
-    }
-    if changed {
-        headers.remove(&name);
-        for v in new {
+        // Every byte came from a valid value, so the result is one too.
+        if let Ok(v) = http::HeaderValue::from_bytes(joined) {
             headers.append(&name, v);
         }
     }
@@ -235,6 +230,15 @@ mod tests {
             find(&cookie("tok"), &h, None, 100),
             Err(AuthFailure::Malformed)
         );
+        // A non-ASCII byte elsewhere in the header does not shield the token from removal.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cookie",
+            http::HeaderValue::from_bytes(b"x=\xff; tok=abc; y=2").unwrap(),
+        );
+        assert_eq!(find(&cookie("tok"), &h, None, 100), Ok(Some("abc".into())));
+        strip(&cookie("tok"), &mut h, &mut q);
+        assert_eq!(h.get("cookie").unwrap().as_bytes(), b"x=\xff; y=2");
         let h = headers(&[("cookie", "tok=")]);
         assert_eq!(
             find(&cookie("tok"), &h, None, 100),
