@@ -4,17 +4,11 @@
 // + echo), logs out with fetch(LOGOUT_PATH) and opens it once more. One JSON line.
 // usage: node browser_forward_auth.js USER_DATA_DIR PAGE_URL WS_URL LOGIN_PATH LOGOUT_PATH USER
 'use strict';
-const { chromium } = require('playwright-core');
+const { launch } = require('./chromium');
 const [userDataDir, pageUrl, wsUrl, loginPath, logoutPath, user] = process.argv.slice(2);
 
 (async () => {
-  const ctx = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: '/usr/bin/chromium', headless: true, timeout: 30000,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--disable-dev-shm-usage',
-      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1'],
-  });
+  const ctx = await launch(userDataDir);
   try {
     const page = ctx.pages()[0] || await ctx.newPage();
     const resp = await page.goto(pageUrl, { timeout: 15000 });

@@ -3,25 +3,13 @@
 // echoes one message; once every socket has its echo, all close with 1000. Prints one JSON line.
 // usage: node browser_many.js USER_DATA_DIR PAGE_URL WS_URL... [--spki BASE64]
 'use strict';
-const { chromium } = require('playwright-core');
+const { launch, takeSpki } = require('./chromium');
 const args = process.argv.slice(2);
-let spki = null;
-const i = args.indexOf('--spki');
-if (i >= 0) { spki = args[i + 1]; args.splice(i, 2); }
+const spki = takeSpki(args);
 const [userDataDir, pageUrl, ...wsUrls] = args;
 
 (async () => {
-  const flags = [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--disable-dev-shm-usage',
-    '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
-  ];
-  if (spki) flags.push(`--ignore-certificate-errors-spki-list=${spki}`);
-  if (process.env.NETLOG) flags.push(`--log-net-log=${process.env.NETLOG}`);
-  const ctx = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: '/usr/bin/chromium', headless: true, args: flags, timeout: 30000,
-  });
+  const ctx = await launch(userDataDir, { spki, netlog: process.env.NETLOG });
   try {
     const page = ctx.pages()[0] || await ctx.newPage();
     const resp = await page.goto(pageUrl, { timeout: 15000 });
