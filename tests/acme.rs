@@ -316,8 +316,19 @@ async fn tls_alpn_01_obtains_a_certificate_and_serves_wss() {
         "no tls-alpn-01 validation:\n{log}"
     );
 
-    let (mut ws, _) = wss(tls_port, &pebble.root).await.unwrap();
+    let (mut ws, serial) = wss(tls_port, &pebble.root).await.unwrap();
     echo(&mut ws, "over an ACME certificate").await;
+
+    // A reload (SIGHUP) keeps the certificate and orders nothing new.
+    let config =
+        wsgate::config::parse_str(&yaml, Path::new("test.yaml"), &cache, &|_| None).unwrap();
+    gate.reloader.reload(config).unwrap();
+    let (_, serial_after_reload) = wss(tls_port, &pebble.root).await.unwrap();
+    assert_eq!(serial, serial_after_reload);
+    assert_eq!(
+        gate.metric("wsgate_acme_orders_total{result=\"ok\"}").await,
+        1.0
+    );
 
     // The expiry metric covers the ACME certificate.
     let leaf = match ws.get_ref() {
