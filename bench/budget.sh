@@ -3,7 +3,7 @@
 # wsgate next to nginx and HAProxy (issue #13, lever 1). Counts, not timings: the numbers do
 # not depend on how busy the machine is.
 #
-#   bench/budget.sh [--handshakes N] [--targets "nginx haproxy wsgate wsgate-raw"] [--out FILE]
+#   bench/budget.sh [--handshakes N] [--targets "relay nginx haproxy wsgate wsgate-raw"] [--out FILE]
 #
 # Syscalls: `strace -c -f -p` attached to every process/thread of the proxy while the
 # loadgen does N handshakes one at a time (plus one priming handshake, counted), or for a
@@ -14,7 +14,7 @@
 set -euo pipefail
 
 N=2000
-TARGETS="nginx haproxy wsgate wsgate-raw"
+TARGETS="relay nginx haproxy wsgate wsgate-raw"
 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -162,6 +162,9 @@ start() { # target
         haproxy)
             taskset -c 1 haproxy -db -f "$TMP/haproxy.cfg" 2>>"$TMP/haproxy.log" &
             MAIN=$!; wait_port 19201; WORKER=$MAIN; URL="ws://127.0.0.1:19201/ws"; EVENTS="$LIBC_EV" ;;
+        relay)
+            taskset -c 1 "$LOADGEN" relay --bind 127.0.0.1:19701 --to "$ECHO" 2>>"$TMP/relay.log" &
+            MAIN=$!; wait_port 19701; WORKER=$MAIN; URL="ws://127.0.0.1:19701/ws"; EVENTS="$LIBC_EV" ;;
         wsgate|wsgate-raw)
             taskset -c 1 "$WSGATE" --config "$TMP/wsgate.yaml" 2>>"$TMP/wsgate.log" &
             MAIN=$!; wait_port 19401; WORKER=$MAIN; EVENTS="$WSGATE_EV"
