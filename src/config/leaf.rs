@@ -50,6 +50,8 @@ pub(crate) fn check_format(format: &str, s: &str) -> Option<Result<(), String>> 
         "jwt-algorithm" => ok(parse_algorithm(s)),
         "realm" => validate::realm(s),
         "query-param" => validate::query_param(s),
+        "redis-url" => validate::redis_url(s),
+        "instance-id" => validate::instance_id(s),
         _ => return None,
     })
 }
@@ -128,6 +130,12 @@ string_schema!(
 string_schema!(
     /// A realm for `WWW-Authenticate`.
     Realm, {"type": "string", "format": "realm"});
+string_schema!(
+    /// `redis://host:port/db`.
+    RedisUrl, {"type": "string", "format": "redis-url"});
+string_schema!(
+    /// A cluster instance name.
+    InstanceId, {"type": "string", "format": "instance-id"});
 string_schema!(
     /// A query parameter name.
     QueryParam, {"type": "string", "format": "query-param"});

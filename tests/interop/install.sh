@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what tests/interop.rs needs, quietly and only when missing. Idempotent; the second
 # run only checks (no network). Called by the top-level test script; safe to run by hand.
-#   - Debian: chromium (/usr/bin/chromium), prometheus (+ promtool), apache2-utils (htpasswd)
+#   - Debian: chromium (/usr/bin/chromium), prometheus (+ promtool), apache2-utils (htpasswd),
+#     redis-server (tests/cluster.rs starts its own on a free loopback port)
 #   - npm ci in tests/interop when node_modules is missing or older than package-lock.json
 #   - Python venv at tests/interop/.venv with requirements.txt (tests use .venv/bin/python)
 set -euo pipefail
@@ -15,6 +16,7 @@ missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing+=(prometheus)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
+command -v redis-server >/dev/null || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install.sh: apt-get install ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
