@@ -3,7 +3,7 @@
 # wsgate next to nginx and HAProxy (issue #13, lever 1). Counts, not timings: the numbers do
 # not depend on how busy the machine is.
 #
-#   bench/budget.sh [--handshakes N] [--targets "relay nginx haproxy wsgate wsgate-raw wsgate-nolog"] [--out FILE]
+#   bench/budget.sh [--no-build] [--handshakes N] [--targets "relay nginx haproxy wsgate wsgate-raw wsgate-nolog"] [--out FILE]
 #
 # Syscalls: `strace -c -f -p` attached to every process/thread of the proxy while the
 # loadgen does N handshakes one at a time (plus one priming handshake, counted), or for a
@@ -14,6 +14,7 @@
 set -euo pipefail
 
 N=2000
+NO_BUILD=0
 TARGETS="relay nginx haproxy wsgate wsgate-raw wsgate-nolog"
 OUT=""
 while [ $# -gt 0 ]; do
@@ -21,6 +22,7 @@ while [ $# -gt 0 ]; do
         --handshakes) N="$2"; shift ;;
         --targets) TARGETS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
+        --no-build) NO_BUILD=1 ;;
         -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
@@ -31,8 +33,10 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 for b in strace perf taskset nginx haproxy python3; do
     command -v "$b" >/dev/null || { echo "need $b" >&2; exit 1; }
 done
-(cd "$ROOT" && cargo build --release -q --bin wsgate)
-(cd "$ROOT/bench/loadgen" && cargo build --release -q)
+if [ "$NO_BUILD" = 0 ]; then
+    (cd "$ROOT" && cargo build --release -q --bin wsgate)
+    (cd "$ROOT/bench/loadgen" && cargo build --release -q)
+fi
 WSGATE="$ROOT/target/release/wsgate"
 LOADGEN="$ROOT/bench/loadgen/target/release/loadgen"
 LIBC="$(ldd "$(command -v nginx)" | awk '/libc.so/ {print $3}')"

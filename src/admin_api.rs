@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /connections?route=&user=` | `{"connections": [{id, route, user, client, since, bytes_in, bytes_out}]}` |
 //! | `GET /users?route=` | `{"users": [{user, connections, routes: {route: n}}]}` |
+//! | `GET /connections?scope=cluster`, `GET /users?scope=cluster` | the same from every instance (cluster mode), each entry with its `instance` |
 //! | `DELETE /connections/{id}`, `DELETE /users/{user}` (`?code=&reason=`) | `{"closed": n}` |
 //! | `POST /connections/{id}/messages`, `/users/{user}/messages`, `/routes/{route}/broadcast` | `{"sent": n, "failed": m}` |
 //!
@@ -77,7 +78,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    /// An error answer with `status`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
@@ -260,7 +262,15 @@ async fn serve(
     let query = query.as_deref();
     match call {
         Call::ListConnections => {
-            let p = query_params(query, &["route", "user"])?;
+            let p = query_params(query, &["route", "user", "scope"])?;
+            if cluster_scope(&p, shared)? {
+                return crate::cluster::admin::connections(
+                    shared,
+                    param(&p, "route"),
+                    param(&p, "user"),
+                )
+                .await;
+            }
             Ok(list_connections(
                 shared.registry.clone(),
                 param(&p, "route").map(str::to_owned),
@@ -268,7 +278,10 @@ async fn serve(
             ))
         }
         Call::ListUsers => {
-            let p = query_params(query, &["route"])?;
+            let p = query_params(query, &["route", "scope"])?;
+            if cluster_scope(&p, shared)? {
+                return crate::cluster::admin::users(shared, param(&p, "route")).await;
+            }
             Ok(list_users(
                 shared.users.clone(),
                 param(&p, "route").map(str::to_owned),
@@ -289,9 +302,18 @@ async fn serve(
         Call::KickUser(user) => {
             let p = query_params(query, &["code", "reason"])?;
             let stop = kick_stop(param(&p, "code"), param(&p, "reason"))?;
-            let n = shared
-                .users
-                .stop_user(&user, &stop)
+            let local = shared.users.stop_user(&user, &stop);
+            if let Some(cluster) = &shared.cluster {
+                let others = cluster.kick_user(&user, &stop).await;
+                tracing::info!(user = %user, closed = local.unwrap_or(0), instances = ?others.ok(), "admin kicked a user cluster-wide");
+                return crate::cluster::admin::fanned_out(
+                    local.is_some(),
+                    others,
+                    serde_json::json!({ "closed": local.unwrap_or(0) }),
+                    || format!("user {user:?} has no connection"),
+                );
+            }
+            let n = local
                 .ok_or_else(|| ApiError::not_found(format!("user {user:?} has no connection")))?;
             tracing::info!(user = %user, closed = n, "admin kicked a user");
             Ok(json(StatusCode::OK, &serde_json::json!({ "closed": n })))
@@ -306,6 +328,16 @@ async fn serve(
             query_params(query, &[])?;
             let msg = read_message(req).await?;
             let targets = shared.users.open_tunnels(&user);
+            if let Some(cluster) = &shared.cluster {
+                let others = cluster.push_user(&user, &msg).await;
+                let (sent, failed) = push_counts(&targets, &msg);
+                return crate::cluster::admin::fanned_out(
+                    !targets.is_empty(),
+                    others,
+                    serde_json::json!({ "sent": sent, "failed": failed }),
+                    || format!("user {user:?} has no open connection"),
+                );
+            }
             if targets.is_empty() {
                 return Err(ApiError::not_found(format!(
                     "user {user:?} has no open connection"
@@ -326,6 +358,16 @@ async fn serve(
                 .flat_map(|i| registry.shard_snapshot(i))
                 .filter(|t| t.route == route)
                 .collect();
+            if let Some(cluster) = &shared.cluster {
+                let others = cluster.broadcast(&route, &msg).await;
+                let (sent, failed) = push_counts(&targets, &msg);
+                return crate::cluster::admin::fanned_out(
+                    true,
+                    others,
+                    serde_json::json!({ "sent": sent, "failed": failed }),
+                    String::new,
+                );
+            }
             Ok(push_all(&targets, &msg))
         }
     }
@@ -345,7 +387,22 @@ fn connection(registry: &Registry, id: &str) -> Result<Arc<TunnelInfo>, ApiError
         .ok_or_else(|| ApiError::not_found(format!("no open connection with id {id:?}")))
 }
 
-fn push_all(targets: &[Arc<TunnelInfo>], msg: &Outgoing) -> Response<ProxyBody> {
+/// `?scope=cluster` (true), `?scope=local` or none (false); cluster needs cluster mode.
+fn cluster_scope(params: &[(String, String)], shared: &Shared) -> Result<bool, ApiError> {
+    match param(params, "scope") {
+        None | Some("local") => Ok(false),
+        Some("cluster") if shared.cluster.is_some() => Ok(true),
+        Some("cluster") => Err(ApiError::bad(
+            "scope=cluster needs cluster mode (a cluster: section in the config)",
+        )),
+        Some(other) => Err(ApiError::bad(format!(
+            "scope {other:?} is not known: use local or cluster"
+        ))),
+    }
+}
+
+/// Pushes `msg` to each target: (sent, failed).
+fn push_counts(targets: &[Arc<TunnelInfo>], msg: &Outgoing) -> (usize, usize) {
     let (mut sent, mut failed) = (0usize, 0usize);
     for t in targets {
         // Bytes clones share one buffer: a broadcast to 100,000 sockets copies nothing.
@@ -354,6 +411,11 @@ fn push_all(targets: &[Arc<TunnelInfo>], msg: &Outgoing) -> Response<ProxyBody> 
             Err(_) => failed += 1,
         }
     }
+    (sent, failed)
+}
+
+fn push_all(targets: &[Arc<TunnelInfo>], msg: &Outgoing) -> Response<ProxyBody> {
+    let (sent, failed) = push_counts(targets, msg);
     json(
         StatusCode::OK,
         &serde_json::json!({ "sent": sent, "failed": failed }),
@@ -422,7 +484,8 @@ async fn read_message(req: Request<Incoming>) -> Result<Outgoing, ApiError> {
     parse_message(&body)
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
+/// A JSON answer with `status` (also for cluster mode's admin answers).
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
     let mut body = value.to_string();
     body.push('\n');
     let mut resp = Response::new(full(body));

@@ -12,6 +12,7 @@
 //!                 registry (open tunnels: idle sweeper, drain deadline, admin API),
 //!                 users (authenticated connections per route and user: per-user limits),
 //!                 admin_api (GET /connections /users, kick, push, broadcast),
+//!                 cluster (opt-in: presence, per-user limits, kicks and pushes shared in Redis),
 //!                 frames (WebSocket frame boundaries seen by the splice; builds injected frames)
 //!  leaves: config (YAML → typed), runtime (typed → loaded state, swapped on reload), forwarded
 //!          (client address, X-Forwarded-For, Forwarded), headers (underscore twins, Host,
@@ -35,6 +36,7 @@ pub mod admin;
 pub mod admin_api;
 pub mod auth;
 pub mod balance;
+pub mod cluster;
 pub mod config;
 pub mod deadlines;
 pub mod drain;
@@ -171,6 +173,8 @@ fn jwks_problems(problems: Vec<(String, String, bool)>) -> Result<(), ConfigErro
 /// A gateway with its sockets bound, ready to [`run`](Gateway::run).
 pub struct Gateway {
     state: Arc<ArcSwap<Runtime>>,
+    /// Cluster mode's background tasks: aborted when the gateway (or its `run`) is dropped.
+    cluster_tasks: Option<cluster::Tasks>,
     shared: Arc<Shared>,
     listeners: Vec<BoundListener>,
     admin: Option<TcpListener>,
@@ -218,20 +222,31 @@ impl Gateway {
             &metrics,
             events::max_streams(&runtime.config),
         ));
+        let (max_connections, max_pending) = (
+            runtime.config.limits.max_connections,
+            runtime.config.limits.max_pending_handshakes,
+        );
+        let registry = registry::Registry::new();
+        let users = users::Users::new();
+        let state = Arc::new(ArcSwap::from_pointee(runtime));
+        let (cluster, cluster_tasks) =
+            cluster::start(&state, &metrics, registry.clone(), users.clone())?;
         let shared = Arc::new(Shared {
             events,
             metrics,
             tracker: TaskTracker::new(),
             draining: CancellationToken::new(),
-            registry: registry::Registry::new(),
-            users: users::Users::new(),
+            registry,
+            users,
+            cluster,
             deadlines: Arc::new(deadlines::Deadlines::new()),
             limits: limits::Limits::new(),
-            connections: Arc::new(Semaphore::new(runtime.config.limits.max_connections)),
-            pending: Arc::new(Semaphore::new(runtime.config.limits.max_pending_handshakes)),
+            connections: Arc::new(Semaphore::new(max_connections)),
+            pending: Arc::new(Semaphore::new(max_pending)),
         });
         Ok(Gateway {
-            state: Arc::new(ArcSwap::from_pointee(runtime)),
+            state,
+            cluster_tasks,
             shared,
             listeners,
             admin,
@@ -276,6 +291,7 @@ impl Gateway {
     /// Serves until `shutdown` completes, then drains: stop accepting, `/readyz` 503,
     /// wait for open connections up to `shutdown.drain_timeout`, close the rest.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let _cluster_tasks = self.cluster_tasks.take();
         let admin_stop = CancellationToken::new();
         let mut loops = Vec::new();
         for l in std::mem::take(&mut self.listeners) {
@@ -333,6 +349,9 @@ impl Gateway {
         sweeper.abort();
         deadline_task.abort();
         pruner.abort();
+        if let Some(c) = &self.shared.cluster {
+            c.leave().await;
+        }
         // The drain's own disconnects are the last events: give webhooks a moment for them.
         self.shared.events.flush(EVENTS_FLUSH).await;
         admin_stop.cancel();
@@ -445,6 +464,12 @@ impl Reloader {
         if admin_socket(old) != admin_socket(&config) {
             return Err(ReloadError::NeedsRestart(
                 "admin.bind or admin.max_connections changed: restart wsgate to apply".into(),
+            ));
+        }
+        // The cluster's connections, instance id and heartbeat are set up once, at start.
+        if old.cluster != config.cluster {
+            return Err(ReloadError::NeedsRestart(
+                "cluster changed: restart wsgate to apply".into(),
             ));
         }
         let runtime = runtime::build_with(config, &self.metrics, self.upstream_tls.clone())?;

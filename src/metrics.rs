@@ -56,6 +56,11 @@ pub const MESSAGES_TOTAL: &str = "wsgate_messages_total";
 /// Tunnels whose framing could not be followed (spliced on as bytes), per route and reason.
 pub const FRAMES_UNTRACKABLE_TOTAL: &str = "wsgate_frames_untrackable_total";
 
+/// 1 while cluster mode reaches Redis (heartbeat and pub/sub), 0 while it runs local-only.
+pub const CLUSTER_UP: &str = "wsgate_cluster_up";
+/// Distinct authenticated users with an open connection on any instance, per route.
+pub const CLUSTER_USERS_ONLINE: &str = "wsgate_cluster_users_online";
+
 /// JWKS fetches by authenticator and result (`ok`, `error`).
 pub const JWKS_REFRESHES_TOTAL: &str = "wsgate_jwks_refreshes_total";
 /// Usable keys in an authenticator's JWKS, as of its last successful fetch.
@@ -441,6 +446,15 @@ impl Metrics {
             client_connections_by_protocol,
             cert_subjects: Arc::default(),
         })
+    }
+
+    /// Adds a collector owned elsewhere (cluster mode's gauges) to the exported set.
+    pub fn register_extra(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), MetricsError> {
+        self.registry.register(collector)?;
+        Ok(())
     }
 
     /// Records a configuration just put in force: its time, its connection cap and its

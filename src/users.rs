@@ -131,6 +131,8 @@ pub struct UserSlot {
     seq: u64,
     online: IntGauge,
     limit: Option<UserLimit>,
+    /// The slot's place in the cluster-wide limit (cluster mode only).
+    ticket: Option<crate::cluster::Ticket>,
 }
 
 impl Users {
@@ -208,6 +210,7 @@ impl Users {
             seq,
             online,
             limit,
+            ticket: None,
         })
     }
 
@@ -263,6 +266,16 @@ impl Users {
 }
 
 impl UserSlot {
+    /// Keeps the slot's cluster-wide limit ticket for as long as the slot lives.
+    pub fn set_ticket(&mut self, ticket: Option<crate::cluster::Ticket>) {
+        self.ticket = ticket;
+    }
+
+    /// The slot's cluster-wide limit ticket, if any.
+    pub fn ticket(&self) -> Option<&crate::cluster::Ticket> {
+        self.ticket.as_ref()
+    }
+
     /// Binds the slot to its now-open tunnel: it counts as online from here, and a stop asked
     /// while it was opening (eviction, kick) is applied now.
     pub fn attach(&self, info: &Arc<TunnelInfo>) {

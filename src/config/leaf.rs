@@ -53,6 +53,8 @@ pub(crate) fn check_format(format: &str, s: &str) -> Option<Result<(), String>> 
         "acme-domain" => super::acme::domain(s),
         "acme-email" => super::acme::email(s),
         "acme-directory" => super::acme::directory(s),
+        "redis-url" => validate::redis_url(s),
+        "instance-id" => validate::instance_id(s),
         _ => return None,
     })
 }
@@ -140,6 +142,12 @@ string_schema!(
 string_schema!(
     /// A realm for `WWW-Authenticate`.
     Realm, {"type": "string", "format": "realm"});
+string_schema!(
+    /// `redis://host:port/db`.
+    RedisUrl, {"type": "string", "format": "redis-url"});
+string_schema!(
+    /// A cluster instance name.
+    InstanceId, {"type": "string", "format": "instance-id"});
 string_schema!(
     /// A query parameter name.
     QueryParam, {"type": "string", "format": "query-param"});

@@ -65,6 +65,9 @@ pub struct Config {
     /// Match routes ignoring ASCII letter case (otherwise a path whose route would change if
     /// case were ignored is refused).
     pub case_insensitive_paths: bool,
+    /// Cluster mode: share presence, per-user limits, kicks and pushes with other instances
+    /// through Redis; absent = this instance alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -84,6 +87,7 @@ impl Default for Config {
             trusted_proxies: None,
             underscores_in_headers: false,
             case_insensitive_paths: false,
+            cluster: None,
         }
     }
 }
@@ -934,6 +938,45 @@ impl Default for LimitsConfig {
             handshake_burst_per_ip: 40,
             ipv6_prefix: 64,
             max_pending_handshakes: 1024,
+        }
+    }
+}
+
+/// `cluster:` section: several wsgate instances sharing one Redis (`src/cluster.rs`).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(extend("required" = ["redis"]))]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port/db`.
+    #[schemars(with = "leaf::RedisUrl")]
+    pub redis: String,
+    /// This instance's name in Redis (letters, digits, `.`, `_`, `:`, `-`); absent = the
+    /// host name, the process id and a random suffix.
+    #[schemars(with = "Option<leaf::InstanceId>")]
+    pub instance_id: Option<String>,
+    /// How often the instance refreshes its presence; a crashed instance's entries expire
+    /// after three heartbeats.
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::PositiveDuration")]
+    pub heartbeat: Duration,
+    /// Longest wait for Redis on the handshake path (the `reject` limit check); past it the
+    /// handshake goes on with local-only limits.
+    #[serde(with = "leaf::duration")]
+    #[schemars(with = "leaf::PositiveDuration")]
+    pub timeout: Duration,
+    /// Prefix of every key and channel, so several clusters can share one Redis database.
+    #[schemars(with = "leaf::NonEmpty")]
+    pub key_prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis: String::new(),
+            instance_id: None,
+            heartbeat: Duration::from_secs(5),
+            timeout: Duration::from_millis(100),
+            key_prefix: "wsgate:".to_string(),
         }
     }
 }

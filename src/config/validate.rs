@@ -423,6 +423,35 @@ pub(crate) fn origin(text: &str) -> Result<OriginPattern, String> {
     Ok(OriginPattern::Exact(t))
 }
 
+/// Checks a Redis URL; the message never repeats the URL, which may hold a password.
+pub(crate) fn redis_url(s: &str) -> Result<(), String> {
+    if s.starts_with("rediss://") {
+        return Err("rediss:// (TLS) is not built in: use redis:// on a private network".into());
+    }
+    if !s.starts_with("redis://") {
+        return Err("must start with redis:// (e.g. \"redis://127.0.0.1:6379/0\")".into());
+    }
+    redis::Client::open(s)
+        .map(|_| ())
+        .map_err(|e| format!("not a usable Redis URL: {}", e.category()))
+}
+
+/// Checks a cluster instance id: it is part of Redis keys and of `instance|member` strings.
+pub(crate) fn instance_id(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 128 {
+        return Err("must be 1 to 128 characters".into());
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(format!(
+            "{c:?} is not allowed: use letters, digits, '.', '_', ':' and '-'"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

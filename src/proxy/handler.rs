@@ -288,7 +288,7 @@ impl Handler {
         };
         // Reserved before the upstream is contacted, under the user's lock: of two logins at
         // once only as many as the limit allows get this far.
-        let user_slot = match (&admission, upgrade) {
+        let mut user_slot = match (&admission, upgrade) {
             (Some(a), true) => match self.shared.users.reserve(
                 &route.path,
                 &a.identity.user,
@@ -300,6 +300,17 @@ impl Handler {
             },
             _ => None,
         };
+        if let (Some(cluster), Some(slot), Some(a)) =
+            (&self.shared.cluster, &mut user_slot, &admission)
+        {
+            match cluster
+                .admit(&route.path, &a.identity.user, route.user_limit)
+                .await
+            {
+                Ok(ticket) => slot.set_ticket(ticket),
+                Err(crate::users::OverLimit) => return (label, Err(Refusal::UserLimit)),
+            }
+        }
         let result = if upgrade {
             let client_upgrade = hyper::upgrade::on(&mut req);
             self.forward_upgrade(
@@ -428,6 +439,7 @@ impl Handler {
         let registry = self.shared.registry.clone();
         let events = self.shared.events.clone();
         let deadlines = self.shared.deadlines.clone();
+        let cluster = self.shared.cluster.clone();
         let expires_at = admission.as_ref().and_then(|a| a.identity.expires_at);
         let user = admission.map(|a| a.identity.user);
         // Boxed: the tunnel's future keeps a pointer, not the slot, so an open route's idle
@@ -459,6 +471,8 @@ impl Handler {
             if let Some(slot) = &user_slot {
                 slot.attach(&info);
             }
+            let _presence =
+                cluster.map(|c| c.opened(&info, user_slot.as_ref().and_then(|s| s.ticket())));
             events.connected(&route, &info);
             if let Some((at, reason)) = deadline(opened, expires_at, &route) {
                 deadlines.add(at, info.id, reason);

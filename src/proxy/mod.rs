@@ -39,4 +39,6 @@ pub struct Shared {
     pub pending: Arc<Semaphore>,
     /// Connection events: route webhooks and `GET /events` subscribers.
     pub events: Arc<crate::events::Events>,
+    /// Cluster mode's shared state in Redis (`None`: this instance alone).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what tests/interop.rs needs, quietly and only when missing. Idempotent; the second
 # run only checks (no network). Called by the top-level test script; safe to run by hand.
-#   - Debian: chromium (/usr/bin/chromium), prometheus (+ promtool), apache2-utils (htpasswd)
+#   - Debian: chromium (/usr/bin/chromium), prometheus (+ promtool), apache2-utils (htpasswd),
+#     redis-server (tests/cluster.rs starts its own on a free loopback port)
 #   - npm ci in tests/interop when node_modules is missing or older than package-lock.json
 #   - Python venv at tests/interop/.venv with requirements.txt (tests use .venv/bin/python)
 set -euo pipefail
@@ -17,6 +18,7 @@ missing=()
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
 # tests/acme.rs: Let's Encrypt's test CA and its DNS helper (pebble-challtestsrv, same package).
 { command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null; } || missing+=(pebble)
+command -v redis-server >/dev/null || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install.sh: apt-get install ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
