@@ -591,13 +591,16 @@ const SAW_CLOSE: u8 = 4;
 const SAW_PONG: u8 = 8;
 /// A message from this reader exceeded the limit.
 const TOO_BIG: u8 = 16;
-/// The last data frame's payload was spliced: read little at its end, so the next large
+/// Bulk is flowing on a plain tunnel. Untracked: splice instead of copying. Tracked: the
+/// last data frame's payload was spliced, so read little at its end, and the next large
 /// payload is not pulled into user space with the header before it.
 const BULK: u8 = 32;
 
-/// Payloads of tracked data frames at least this large go through splice(2); smaller frames
-/// are cheaper copied (a splice costs two syscalls and a pipe round trip).
-const SPLICE_PAYLOAD_MIN: u64 = 16 * 1024;
+/// Where splice(2) starts to pay: tracked, payloads of data frames larger than this are
+/// spliced; untracked, a read this large switches to splicing and a splice smaller than
+/// this switches back. Smaller messages are cheaper copied: a splice costs an extra
+/// syscall per transfer (readiness is cleared only by a would-block) and a pipe round trip.
+const SPLICE_MIN: u64 = 16 * 1024;
 /// Longest WebSocket frame header: 2 bytes, 8 of extended length, 4 of mask.
 const MAX_HEADER: usize = 14;
 
@@ -958,13 +961,14 @@ impl Direction {
                 && self.held.is_none()
                 && let (Some(rt), Some(wt)) = (r.splice_reader(), w.splice_writer())
             {
-                // Untracked, everything is spliced; tracked, only the payload of a large
-                // data frame, less its last byte, so the frame's end (and what the
-                // tracker does there) goes through the copy path below.
+                // Untracked, bulk is spliced; tracked, only the payload of a large data
+                // frame, less its last byte, so the frame's end (and what the tracker does
+                // there) goes through the copy path below.
                 let left = self.tracker.data_payload_left();
-                let splice_max = if self.tracker.is_untrackable() {
-                    Some(usize::MAX)
-                } else if left > SPLICE_PAYLOAD_MIN {
+                let untracked = self.tracker.is_untrackable();
+                let splice_max = if untracked {
+                    self.has(BULK).then_some(usize::MAX)
+                } else if left > SPLICE_MIN {
                     Some(usize::try_from(left - 1).unwrap_or(usize::MAX))
                 } else {
                     None
@@ -973,7 +977,11 @@ impl Direction {
                     match ready!(self.splice_step(cx, rt, wt, splice_max))? {
                         Spliced::Moved(n) => {
                             self.tracker.skip_payload(n as u64);
-                            self.set(BULK);
+                            if untracked && (n as u64) < SPLICE_MIN {
+                                self.take(BULK);
+                            } else {
+                                self.set(BULK);
+                            }
                             self.add(n, info.0, info.1);
                             continue;
                         }
@@ -983,7 +991,7 @@ impl Direction {
                         }
                         Spliced::Copy => {}
                     }
-                } else if self.has(BULK) && !self.tracker.is_untrackable() {
+                } else if self.has(BULK) && !untracked {
                     // The end of a spliced payload: read up to the next frame's header,
                     // so a large payload behind it can be spliced too.
                     read_max = usize::try_from(left).unwrap_or(SCRATCH_SIZE) + MAX_HEADER;
@@ -1002,7 +1010,12 @@ impl Direction {
                 want = None;
             }
             match step {
-                Read::Moved(n) => self.add(n, info.0, info.1),
+                Read::Moved(n) => {
+                    if n as u64 >= SPLICE_MIN && self.tracker.is_untrackable() {
+                        self.set(BULK);
+                    }
+                    self.add(n, info.0, info.1);
+                }
                 Read::Eof => self.state = DirState::ShuttingDown,
                 Read::Pending => {
                     // Nothing to read: push out anything a TLS writer still buffers, so
