@@ -281,6 +281,11 @@ start_proxy() { # kind -> sets MAIN_PID, PROXY_PIDS (csv of all its processes)
             taskset -c 1 "$WSGATE" --config "$TMP/wsgate.yaml" 2>>"$TMP/wsgate.log" &
             MAIN_PID=$!; PIDS+=("$MAIN_PID"); wait_port 19401; wait_port 19402
             PROXY_PIDS="$MAIN_PID" ;;
+        relay)
+            # The floor: a minimal one-thread epoll relay, no HTTP (bench/loadgen/src/relay.rs).
+            taskset -c 1 "$LOADGEN" relay --bind 127.0.0.1:19701 --to "$ECHO" 2>>"$TMP/relay.log" &
+            MAIN_PID=$!; PIDS+=("$MAIN_PID"); wait_port 19701
+            PROXY_PIDS="$MAIN_PID" ;;
         none) MAIN_PID=""; PROXY_PIDS="" ;;
     esac
     sleep 0.3
@@ -306,6 +311,7 @@ declare -A KIND URL EXTRA TESTS
 add() { KIND[$1]=$2; URL[$1]=$3; EXTRA[$1]="$4"; TESTS[$1]="$5"; }
 CA=(--ca "$TMP/ca.crt")
 add direct       none    "ws://127.0.0.1:19000/ws"   ""                       "rate bulk"
+add relay        relay   "ws://127.0.0.1:19701/ws"   ""                       "idle rate bulk handshake"
 add nginx        nginx   "ws://127.0.0.1:19101/ws"   ""                       "idle rate bulk handshake"
 add nginx-tls    nginx   "wss://localhost:19102/ws"  "tls"                    "idle rate bulk handshake"
 add haproxy      haproxy "ws://127.0.0.1:19201/ws"   ""                       "idle rate bulk handshake"
@@ -324,7 +330,7 @@ add wsgate-jwt   wsgate  "ws://127.0.0.1:19401/jwt"  "jwt"                    "h
 # WebSockets as extended CONNECT streams, 100 per HTTP/2 connection (nginx has no RFC 8441).
 add wsgate-h2    wsgate  "wss://localhost:19402/ws"  "h2"                     "idle rate bulk"
 add haproxy-h2   haproxy "wss://localhost:19202/ws"  "h2"                     "idle rate bulk"
-ORDER=(direct nginx nginx-tls haproxy haproxy-tls caddy caddy-tls wsgate wsgate-tls wsgate-raw wsgate-tls-raw wsgate-basic wsgate-jwt wsgate-h2 haproxy-h2)
+ORDER=(direct relay nginx nginx-tls haproxy haproxy-tls caddy caddy-tls wsgate wsgate-tls wsgate-raw wsgate-tls-raw wsgate-basic wsgate-jwt wsgate-h2 haproxy-h2)
 if [ -n "$ONLY" ]; then
     for t in $ONLY; do [ -n "${KIND[$t]:-}" ] || { echo "unknown target: $t" >&2; exit 2; }; done
     read -r -a ORDER <<<"$ONLY"
@@ -385,7 +391,7 @@ def fmt(v, nd=1):
     s = f"{m:,.{nd}f}"
     if len(v) > 1: s += f" ({min(v):,.{nd}f}–{max(v):,.{nd}f})"
     return s
-targets = [t for t in ["direct","nginx","nginx-tls","haproxy","haproxy-tls","caddy","caddy-tls","wsgate","wsgate-copy","wsgate-tls","wsgate-raw","wsgate-raw-copy","wsgate-tls-raw","wsgate-basic","wsgate-jwt","wsgate-h2","haproxy-h2"]
+targets = [t for t in ["direct","relay","nginx","nginx-tls","haproxy","haproxy-tls","caddy","caddy-tls","wsgate","wsgate-copy","wsgate-tls","wsgate-raw","wsgate-raw-copy","wsgate-tls-raw","wsgate-basic","wsgate-jwt","wsgate-h2","haproxy-h2"]
            if any(r["target"] == t for r in rows)]
 base = med(vals("direct","rate","rtt_us","p50"))
 metrics = [

@@ -94,25 +94,35 @@ pub fn websocket_accept(key: &[u8]) -> String {
 /// `websocket`, `Connection` has `upgrade`, and `Sec-WebSocket-Accept` matches `key`.
 /// Anything else (h2c, a half-spoken handshake) must not be spliced.
 pub fn is_websocket_101(headers: &HeaderMap, key: &[u8]) -> bool {
-    let tokens = |name: &HeaderName| -> Vec<String> {
+    // Runs on every upgrade: token walks instead of collected, lower-cased copies.
+    let tokens = |name: &HeaderName| {
         headers
             .get_all(name)
             .iter()
             .flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
+            .map(str::trim)
             .filter(|t| !t.is_empty())
-            .collect()
     };
-    let upgrade = tokens(&header::UPGRADE);
-    let connection = tokens(&header::CONNECTION);
-    let accepts: Vec<_> = headers
-        .get_all(header::SEC_WEBSOCKET_ACCEPT)
-        .iter()
-        .collect();
-    upgrade == ["websocket"]
-        && connection.iter().any(|t| t == "upgrade")
-        && accepts.len() == 1
-        && accepts[0].as_bytes() == websocket_accept(key).as_bytes()
+    let mut upgrade = tokens(&header::UPGRADE);
+    let only_websocket = upgrade
+        .next()
+        .is_some_and(|t| t.eq_ignore_ascii_case("websocket"))
+        && upgrade.next().is_none();
+    let mut accepts = headers.get_all(header::SEC_WEBSOCKET_ACCEPT).iter();
+    let accept_ok = match (accepts.next(), accepts.next()) {
+        (Some(a), None) => {
+            const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+            let digest = Sha1::new().chain_update(key).chain_update(GUID).finalize();
+            let mut expected = [0u8; 28];
+            base64::engine::general_purpose::STANDARD
+                .encode_slice(digest, &mut expected)
+                .is_ok_and(|n| a.as_bytes() == &expected[..n])
+        }
+        _ => false,
+    };
+    only_websocket
+        && accept_ok
+        && tokens(&header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Joins the `Cookie` fields an HTTP/2 client may send one per cookie into the single

@@ -1252,16 +1252,11 @@ impl Side {
         }
     }
 
-    /// The upstream side of an upgraded connection.
-    pub fn upstream(u: Upgraded) -> Side {
-        match u.downcast::<TokioIo<UpstreamStream>>() {
-            Ok(p) => match p.io.into_inner() {
-                UpstreamStream::Plain(tcp) => Side::Tcp(Prebuffered::new(tcp, p.read_buf)),
-                UpstreamStream::Tls(tls) => {
-                    Side::ClientTls(Box::new(Prebuffered::new(*tls, p.read_buf)))
-                }
-            },
-            Err(u) => Side::Upgraded(TokioIo::new(u)),
+    /// The upstream side of a tunnel: its socket and the bytes read past the 101.
+    pub fn from_upstream(stream: UpstreamStream, ahead: Bytes) -> Side {
+        match stream {
+            UpstreamStream::Plain(tcp) => Side::Tcp(Prebuffered::new(tcp, ahead)),
+            UpstreamStream::Tls(tls) => Side::ClientTls(Box::new(Prebuffered::new(*tls, ahead))),
         }
     }
 }

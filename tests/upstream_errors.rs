@@ -238,6 +238,111 @@ async fn upstream_refusal_status_body_and_headers_pass_through() {
     assert_eq!(gate.metric(&handshakes("upstream_error", "/ws")).await, 0.0);
 }
 
+/// An upstream that reads the request and answers `response`, then closes.
+async fn answer_then_close(response: &'static [u8]) -> SocketAddr {
+    spawn_upstream(move |mut s| async move {
+        if read_request(&mut s).await.is_some() {
+            let _ = s.write_all(response).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn upstream_refusal_bodies_in_every_framing_reach_the_client() {
+    // Chunked with an extension and a trailer; framed by the close; no body; one too big.
+    let chunked = raw_upstream(
+        b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\nWWW-Authenticate: Bearer\r\n\r\n4\r\nlog \r\n3;ext=1\r\nin \r\n6\r\nfirst\n\r\n0\r\nX-Trailer: t\r\n\r\n",
+    )
+    .await;
+    let eof = answer_then_close(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\nbusy, retry\n",
+    )
+    .await;
+    let empty = raw_upstream(b"HTTP/1.1 204 No Content\r\nX-Why: nothing\r\n\r\n").await;
+    let big = spawn_upstream(|mut s| async move {
+        if read_request(&mut s).await.is_some() {
+            let mut out = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 70000\r\n\r\n".to_vec();
+            out.resize(out.len() + 70_000, b'x');
+            let _ = s.write_all(&out).await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    })
+    .await;
+    let gate = gate(&[
+        ("/chunked", chunked),
+        ("/eof", eof),
+        ("/empty", empty),
+        ("/big", big),
+    ])
+    .await;
+
+    let (status, head, body) = refused_and_closed(&gate, "/chunked").await;
+    assert_eq!(status, 401, "{head}");
+    assert_eq!(body, "log in first\n");
+    assert_eq!(
+        head_header(&head, "www-authenticate").as_deref(),
+        Some("Bearer")
+    );
+    assert_eq!(
+        head_header(&head, "content-length").as_deref(),
+        Some("13"),
+        "{head}"
+    );
+
+    let (status, head, body) = refused_and_closed(&gate, "/eof").await;
+    assert_eq!(status, 503, "{head}");
+    assert_eq!(body, "busy, retry\n");
+
+    let (status, head, body) = refused_and_closed(&gate, "/empty").await;
+    assert_eq!(status, 204, "{head}");
+    assert_eq!(head_header(&head, "x-why").as_deref(), Some("nothing"));
+    assert_eq!(body, "");
+    for path in ["/chunked", "/eof", "/empty"] {
+        assert_eq!(
+            wait_metric(&gate, &handshakes("upstream_rejected", path), 1.0).await,
+            1.0,
+            "{path}"
+        );
+    }
+
+    // A refusal page larger than the gateway relays is the upstream's failure.
+    let (status, head, _) = raw_upgrade(&gate, "/big", "").await;
+    assert_eq!(status, 502, "{head}");
+    assert_eq!(
+        wait_metric(&gate, &handshakes("upstream_error", "/big"), 1.0).await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn interim_answers_are_skipped_and_bytes_behind_the_101_come_first() {
+    let up = spawn_upstream(|mut s| async move {
+        let Some((head, _)) = read_request(&mut s).await else {
+            return;
+        };
+        // 103, the 101 and a first frame in one write: the frame sits in the gateway's read
+        // of the head and must still reach the client, before anything else.
+        let mut out = b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n".to_vec();
+        out.extend_from_slice(switching(&head, "").as_bytes());
+        out.extend_from_slice(&[0x81, 0x05]);
+        out.extend_from_slice(b"hello");
+        let _ = s.write_all(&out).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    })
+    .await;
+    let gate = gate(&[("/ws", up)]).await;
+    let (mut ws, resp) = ws_connect(&gate.ws_url("/ws"), &[]).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    assert!(resp.headers().get("link").is_none(), "{resp:?}");
+    let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("no frame behind the 101")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, Message::Text("hello".into()));
+}
+
 #[tokio::test]
 async fn upstream_garbage_is_502() {
     let text = raw_upstream(b"hello\r\n\r\n").await;

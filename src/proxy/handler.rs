@@ -24,6 +24,7 @@ use crate::proxy::extended_connect;
 use crate::proxy::response::{ProxyBody, Refusal, full};
 use crate::runtime::{Route, Runtime};
 use crate::splice::{self, Ended};
+use crate::upstream::handshake::{Rest, UpgradeResponse};
 
 /// `X-Auth-User`: the authenticated identity, set by wsgate only.
 pub const X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
@@ -341,42 +342,54 @@ impl Handler {
             admission.as_ref(),
             client_ip,
             true,
-            http_body_util::Empty::<bytes::Bytes>::new(),
+            (),
         )?;
         if h2 {
             extended_connect::to_upstream(&mut up_req);
         }
         let key = up_req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
-        let (mut resp, server_guard, server) =
-            self.exchange(runtime, route, client_ip, up_req).await?;
-        if h2 && resp.status().is_success() {
+        let (resp, server_guard, server) = self
+            .exchange_upgrade(runtime, route, client_ip, &up_req)
+            .await?;
+        drop(up_req);
+        let UpgradeResponse {
+            status,
+            mut headers,
+            rest,
+        } = resp;
+        if h2 && status.is_success() {
             // A 2xx on an HTTP/2 stream means "tunnel open": the upstream did not upgrade.
             tracing::info!(
                 route = %route.path,
                 client = %client_ip,
-                status = resp.status().as_u16(),
+                status = status.as_u16(),
                 "upstream answered the upgrade without switching protocols"
             );
             return Err(Refusal::NotWebSocket);
         }
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            route.metrics.handshake(Outcome::UpstreamRejected);
-            tracing::info!(
-                route = %route.path,
-                client = %client_ip,
-                status = resp.status().as_u16(),
-                "upstream refused the upgrade"
-            );
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Ok(Response::from_parts(parts, body.boxed_unsync()));
-        }
+        let (up_stream, ahead) = match rest {
+            Rest::Switched(stream, ahead) => (stream, ahead),
+            Rest::Body(body) => {
+                route.metrics.handshake(Outcome::UpstreamRejected);
+                tracing::info!(
+                    route = %route.path,
+                    client = %client_ip,
+                    status = status.as_u16(),
+                    "upstream refused the upgrade"
+                );
+                strip_hop_by_hop(&mut headers);
+                // The body was de-chunked: its length is what hyper now sends.
+                headers.remove(header::CONTENT_LENGTH);
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                let mut r = Response::new(full(body));
+                *r.status_mut() = status;
+                *r.headers_mut() = headers;
+                return Ok(r);
+            }
+        };
         // Splicing any other 101 (h2c, a server that didn't do the handshake) would hand
         // the client a protocol nobody authorised.
-        if !key.is_some_and(|k| crate::headers::is_websocket_101(resp.headers(), k.as_bytes())) {
+        if !key.is_some_and(|k| crate::headers::is_websocket_101(&headers, k.as_bytes())) {
             tracing::info!(
                 route = %route.path,
                 client = %client_ip,
@@ -385,16 +398,14 @@ impl Handler {
             );
             return Err(Refusal::NotWebSocket);
         }
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let (parts, _) = resp.into_parts();
         // The upstream's 101 goes back as is: Sec-WebSocket-Accept/Protocol/Extensions
         // must match what the upstream will speak. An HTTP/2 stream gets its 200 instead.
         let client_resp = if h2 {
-            extended_connect::client_response(parts.headers)
+            extended_connect::client_response(headers)
         } else {
             let mut r = Response::new(full(bytes::Bytes::new()));
             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            *r.headers_mut() = parts.headers;
+            *r.headers_mut() = headers;
             r
         };
 
@@ -423,15 +434,10 @@ impl Handler {
             let _held = (permits, server_guard, tunnel_slot, stream_permit);
             // Boxed so the waiting state doesn't stay inline in the tunnel's future for its
             // whole life (an idle tunnel's memory is mostly this future).
-            let upgrades = Box::pin(async { tokio::join!(client_upgrade, upstream_upgrade) });
-            let (c, u) = match upgrades.await {
-                (Ok(c), Ok(u)) => (c, u),
-                (c, u) => {
-                    tracing::debug!(
-                        client_ok = c.is_ok(),
-                        upstream_ok = u.is_ok(),
-                        "upgrade did not complete"
-                    );
+            let c = match Box::pin(client_upgrade).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "client upgrade did not complete");
                     return;
                 }
             };
@@ -454,7 +460,10 @@ impl Handler {
             if let Some((at, reason)) = deadline(opened, expires_at, &route) {
                 deadlines.add(at, info.id, reason);
             }
-            let (c, u) = (splice::Side::client(c), splice::Side::upstream(u));
+            let (c, u) = (
+                splice::Side::client(c),
+                splice::Side::from_upstream(up_stream, ahead),
+            );
             let report =
                 splice::splice(c, u, &route.metrics, info.clone(), &route.session, deflate).await;
             events.disconnected(&route, &info, &report, opened.elapsed());
@@ -553,6 +562,56 @@ impl Handler {
             )
             .await
             {
+                Ok(resp) => Ok((resp, guard, server.addr.clone())),
+                Err(e) => {
+                    tracing::warn!(route = %route.path, upstream = %server.addr, error = %e, "upstream failed");
+                    Err(Refusal::from(&e))
+                }
+            };
+        }
+        Err(last_error
+            .as_ref()
+            .map(Refusal::from)
+            .unwrap_or(Refusal::BadGateway))
+    }
+
+    /// As [`Self::exchange`], for an upgrade: the request head goes out in one write and the
+    /// response head is parsed off the socket, which then becomes the tunnel's upstream side.
+    async fn exchange_upgrade(
+        &self,
+        runtime: &Runtime,
+        route: &Route,
+        client_ip: IpAddr,
+        req: &Request<()>,
+    ) -> Result<(UpgradeResponse, ActiveGuard, String), Refusal> {
+        let timeouts = &runtime.config.timeouts;
+        let mut last_error = None;
+        for server in route.pool.candidates(client_ip) {
+            let connected = crate::upstream::connect(
+                &server.config,
+                route.upstream_tls.as_ref(),
+                timeouts.upstream_connect,
+            )
+            .await;
+            let stream = match connected {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(route = %route.path, upstream = %server.addr, error = %e, "upstream connect failed");
+                    route.pool.mark_failed(&server);
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            route.pool.mark_ok(&server);
+            let guard = route.pool.track(&server);
+            let exchange = crate::upstream::handshake::upgrade(stream, &server.addr, req);
+            let result = match tokio::time::timeout(timeouts.upstream_response, exchange).await {
+                Ok(r) => r,
+                Err(_) => Err(crate::upstream::UpstreamError::ResponseTimeout(
+                    server.addr.clone(),
+                )),
+            };
+            return match result {
                 Ok(resp) => Ok((resp, guard, server.addr.clone())),
                 Err(e) => {
                     tracing::warn!(route = %route.path, upstream = %server.addr, error = %e, "upstream failed");

@@ -52,8 +52,17 @@ struct Cli {
     cmd: Cmd,
 }
 
+mod relay;
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// The floor: a minimal one-thread epoll TCP relay (no HTTP) in front of --to.
+    Relay {
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+        #[arg(long)]
+        to: std::net::SocketAddr,
+    },
     /// WebSocket echo backend.
     Echo {
         #[arg(long)]
@@ -481,6 +490,13 @@ fn secs(f: f64) -> Duration {
 
 fn main() {
     let cli = Cli::parse();
+    if let Cmd::Relay { bind, to } = cli.cmd {
+        if let Err(e) = relay::run(bind, to) {
+            eprintln!("loadgen relay: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -488,6 +504,7 @@ fn main() {
     let res = rt.block_on(async {
         match cli.cmd {
             Cmd::Echo { bind } => echo(bind).await,
+            Cmd::Relay { .. } => unreachable!("handled before the runtime starts"),
             Cmd::Rate {
                 t,
                 conns,

@@ -1,4 +1,5 @@
 //! The upstream leg: connect (TCP, optionally TLS), send one request, read the response head.
+//! WebSocket upgrades go through [`handshake`]; plain HTTP requests through hyper's client.
 //!
 //! One connection per client request: an upgraded WebSocket owns its upstream socket
 //! for life, and plain HTTP requests on routes are rare (Socket.IO polling, health checks).
@@ -19,6 +20,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::config::UpstreamConfig;
+
+pub mod handshake;
 
 /// Why the upstream leg failed; mapped to 502/504 in `proxy::response`.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,22 @@ pub enum UpstreamError {
         /// The cause.
         source: hyper::Error,
     },
+    /// The upstream's answer to an upgrade is not valid HTTP/1.1 (or exceeds a bound).
+    #[error("upstream {addr} protocol error: {why}")]
+    Malformed {
+        /// `host:port`.
+        addr: String,
+        /// What was wrong.
+        why: &'static str,
+    },
+    /// Reading or writing the upgrade exchange failed.
+    #[error("upstream {addr} connection failed: {source}")]
+    Io {
+        /// `host:port`.
+        addr: String,
+        /// The cause.
+        source: io::Error,
+    },
 }
 
 impl UpstreamError {
@@ -58,6 +77,7 @@ impl UpstreamError {
 }
 
 /// A connected upstream socket, plain or TLS.
+#[derive(Debug)]
 pub enum UpstreamStream {
     /// ws://
     Plain(TcpStream),
