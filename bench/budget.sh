@@ -3,7 +3,7 @@
 # wsgate next to nginx and HAProxy (issue #13, lever 1). Counts, not timings: the numbers do
 # not depend on how busy the machine is.
 #
-#   bench/budget.sh [--handshakes N] [--targets "relay nginx haproxy wsgate wsgate-raw"] [--out FILE]
+#   bench/budget.sh [--handshakes N] [--targets "relay nginx haproxy wsgate wsgate-raw wsgate-nolog"] [--out FILE]
 #
 # Syscalls: `strace -c -f -p` attached to every process/thread of the proxy while the
 # loadgen does N handshakes one at a time (plus one priming handshake, counted), or for a
@@ -14,7 +14,7 @@
 set -euo pipefail
 
 N=2000
-TARGETS="relay nginx haproxy wsgate wsgate-raw"
+TARGETS="relay nginx haproxy wsgate wsgate-raw wsgate-nolog"
 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -165,8 +165,10 @@ start() { # target
         relay)
             taskset -c 1 "$LOADGEN" relay --bind 127.0.0.1:19701 --to "$ECHO" 2>>"$TMP/relay.log" &
             MAIN=$!; wait_port 19701; WORKER=$MAIN; URL="ws://127.0.0.1:19701/ws"; EVENTS="$LIBC_EV" ;;
-        wsgate|wsgate-raw)
-            taskset -c 1 "$WSGATE" --config "$TMP/wsgate.yaml" 2>>"$TMP/wsgate.log" &
+        wsgate|wsgate-raw|wsgate-nolog)
+            # wsgate-nolog: the access log off (RUST_LOG=warn), to price the log line.
+            local level=info; [ "$1" = wsgate-nolog ] && level=warn
+            RUST_LOG=$level taskset -c 1 "$WSGATE" --config "$TMP/wsgate.yaml" 2>>"$TMP/wsgate.log" &
             MAIN=$!; wait_port 19401; WORKER=$MAIN; EVENTS="$WSGATE_EV"
             if [ "$1" = wsgate ]; then URL="ws://127.0.0.1:19401/ws"; else URL="ws://127.0.0.1:19401/raw"; fi ;;
     esac

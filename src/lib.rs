@@ -31,6 +31,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod acme;
 pub mod admin;
 pub mod admin_api;
 pub mod auth;
@@ -204,6 +205,7 @@ impl Gateway {
         runtime.start(&metrics, None);
         jwks_problems(runtime.first_fetches().await)?;
         publish_applied(&metrics, &runtime);
+        acme::start(&runtime, &metrics);
         let mut listeners = Vec::new();
         for (index, l) in runtime.config.listeners.iter().enumerate() {
             let tcp = listener::bind(l.bind).await.map_err(StartError::Bind)?;
@@ -470,6 +472,7 @@ impl Reloader {
             tracing::warn!("config: {w}");
         }
         runtime.start(&self.metrics, Some(&**current));
+        acme::start(&runtime, &self.metrics);
         self.state.store(Arc::new(runtime));
         current.stop();
         Ok(())

@@ -217,6 +217,10 @@ async fn handle_connection(
                     return;
                 }
             };
+            // A TLS-ALPN-01 validation ends with the handshake (RFC 8737 §3): no HTTP follows.
+            if tls_stream.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+                return;
+            }
             let metrics = shared.metrics.clone();
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2);
             let http2 = runtime

@@ -33,6 +33,8 @@ pub const BUILD_INFO: &str = "wsgate_build_info";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "wsgate_config_last_reload_success_timestamp_seconds";
 /// `notAfter` of each TLS listener's leaf certificate, unix seconds, per listener and subject.
 pub const TLS_CERTIFICATE_EXPIRY: &str = "wsgate_tls_certificate_expiry_timestamp_seconds";
+/// ACME certificate orders by result (`ok`, `error`).
+pub const ACME_ORDERS_TOTAL: &str = "wsgate_acme_orders_total";
 /// The configured `limits.max_connections`, so alerts can compare the open count to it.
 pub const CONNECTIONS_MAX: &str = "wsgate_connections_max";
 /// Accepted client connections not yet closed: each holds one of `limits.max_connections`
@@ -162,6 +164,7 @@ pub struct Metrics {
     handshake_duration: HistogramVec,
     connection_duration: HistogramVec,
     config_reloads_total: IntCounterVec,
+    acme_orders_total: IntCounterVec,
     config_last_reload_success: Gauge,
     tls_certificate_expiry: IntGaugeVec,
     connections_max: IntGauge,
@@ -301,6 +304,11 @@ impl Metrics {
             Opts::new(CONFIG_RELOADS_TOTAL, "Configuration reloads by result."),
             &["result"],
         )?;
+        let acme_orders_total = IntCounterVec::new(
+            Opts::new(ACME_ORDERS_TOTAL, "ACME certificate orders by result."),
+            &["result"],
+        )?;
+        registry.register(Box::new(acme_orders_total.clone()))?;
         registry.register(Box::new(connections_active.clone()))?;
         registry.register(Box::new(connections_total.clone()))?;
         registry.register(Box::new(handshakes_total.clone()))?;
@@ -419,6 +427,7 @@ impl Metrics {
             handshake_duration,
             connection_duration,
             config_reloads_total,
+            acme_orders_total,
             config_last_reload_success,
             tls_certificate_expiry,
             connections_max,
@@ -572,6 +581,37 @@ impl Metrics {
         self.config_reloads_total
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+    }
+
+    /// Exports the ACME order series at zero (`ok`, `error`): called when an ACME listener starts.
+    pub fn acme_enabled(&self) {
+        for result in ["ok", "error"] {
+            self.acme_orders_total.with_label_values(&[result]);
+        }
+    }
+
+    /// Counts one finished ACME order.
+    pub fn acme_order(&self, ok: bool) {
+        self.acme_orders_total
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Records the certificate an ACME renewal just put in force on `listener`; replaces
+    /// the listener's series when the subject changed.
+    pub fn certificate_renewed(&self, listener: &str, subject: &str, not_after: i64) {
+        let mut exported = self.cert_subjects.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = exported.get(listener)
+            && old != subject
+        {
+            let _ = self
+                .tls_certificate_expiry
+                .remove_label_values(&[listener, old.as_str()]);
+        }
+        self.tls_certificate_expiry
+            .with_label_values(&[listener, subject])
+            .set(not_after);
+        exported.insert(listener.to_owned(), subject.to_owned());
     }
 
     /// Renders the Prometheus text exposition format.

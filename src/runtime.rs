@@ -53,6 +53,8 @@ pub struct Runtime {
     pub listener_certs: Vec<Option<crate::tls::LeafInfo>>,
     /// Every authenticator by name (routes hold the same `Arc`s).
     pub authenticators: std::collections::BTreeMap<String, Arc<Authenticator>>,
+    /// ACME certificate managers of `tls.acme` listeners (kept alive by the states using them).
+    pub acme: Vec<Arc<crate::acme::Manager>>,
 }
 
 impl Runtime {
@@ -105,12 +107,28 @@ pub fn build_with(
 
     let mut listener_tls = Vec::with_capacity(config.listeners.len());
     let mut listener_certs = Vec::with_capacity(config.listeners.len());
+    let mut acme_managers = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let Some(files) = &l.tls else {
             listener_tls.push(None);
             listener_certs.push(None);
             continue;
         };
+        if let Some(acme) = &files.acme {
+            match crate::acme::Manager::for_listener(l.bind, acme, l.http2.enabled) {
+                Ok((manager, cfg)) => {
+                    listener_certs.push(manager.leaf_info());
+                    listener_tls.push(Some(cfg));
+                    acme_managers.push(manager);
+                }
+                Err(e) => {
+                    errors.push(e.under(&format!("listeners[{i}].tls.acme")));
+                    listener_certs.push(None);
+                    listener_tls.push(None);
+                }
+            }
+            continue;
+        }
         let key = crate::tls::load_certified_key(&files.cert, &files.key);
         // rustls already accepted the leaf; an x509 parse failure here only costs the
         // expiry metric, so it must not refuse a certificate that serves fine.
@@ -224,6 +242,7 @@ pub fn build_with(
     }
     Ok(Runtime {
         authenticators,
+        acme: acme_managers,
         router: Router::new(routes),
         listener_tls,
         listener_certs,

@@ -87,10 +87,18 @@ pub fn server_config(
     key: Arc<CertifiedKey>,
     http2: bool,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    server_config_with(Arc::new(SingleCert(key)), http2).map(Arc::new)
+}
+
+/// Like [`server_config`], with certificates picked per handshake by `resolver` (ACME).
+pub fn server_config_with(
+    resolver: Arc<dyn ResolvesServerCert>,
+    http2: bool,
+) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SingleCert(key)));
+        .with_cert_resolver(resolver);
     // The server's order wins (rustls picks its first protocol the client offers): h2 first,
     // so a browser's page and its WebSockets share one connection.
     cfg.alpn_protocols = if http2 {
@@ -98,7 +106,7 @@ pub fn server_config(
     } else {
         vec![b"http/1.1".to_vec()]
     };
-    Ok(Arc::new(cfg))
+    Ok(cfg)
 }
 
 /// Builds the client config used for `wss://` upstreams (system trust roots).

@@ -50,6 +50,9 @@ pub(crate) fn check_format(format: &str, s: &str) -> Option<Result<(), String>> 
         "jwt-algorithm" => ok(parse_algorithm(s)),
         "realm" => validate::realm(s),
         "query-param" => validate::query_param(s),
+        "acme-domain" => super::acme::domain(s),
+        "acme-email" => super::acme::email(s),
+        "acme-directory" => super::acme::directory(s),
         _ => return None,
     })
 }
@@ -107,6 +110,15 @@ string_schema!(
 string_schema!(
     /// `http://` or `https://` host, port, path and query.
     WebhookUrlStr, {"type": "string", "format": "webhook-url"});
+string_schema!(
+    /// A DNS name an ACME CA can issue for (no wildcard, no IP).
+    AcmeDomain, {"type": "string", "format": "acme-domain"});
+string_schema!(
+    /// An e-mail address for an ACME account.
+    AcmeEmail, {"type": "string", "format": "acme-email"});
+string_schema!(
+    /// An ACME directory URL (https://, or http:// to a loopback address).
+    AcmeDirectory, {"type": "string", "format": "acme-directory"});
 string_schema!(
     /// `http://` or `https://` URL of a JWKS.
     JwksUrlStr, {"type": "string", "format": "jwks-url"});

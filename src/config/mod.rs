@@ -13,6 +13,7 @@
 //! the config itself and the secret files it names: certificates, keys and htpasswd files
 //! are loaded by `runtime`.
 
+mod acme;
 mod duration;
 pub(crate) mod env;
 mod jwt_rules;
@@ -381,6 +382,7 @@ routes:
             Some(TlsFiles {
                 cert: PathBuf::from("/etc/wsgate/certs/dev.crt"),
                 key: PathBuf::from("/abs/dev.key"),
+                acme: None,
             })
         );
         assert_eq!(

@@ -64,8 +64,9 @@ pub fn schema() -> &'static Value {
     })
 }
 
-/// Drops defaults that say nothing (null, empty lists, maps) or are placeholders (the
-/// defaults of required keys), everywhere in the schema.
+/// Drops defaults that say nothing (null, empty lists and strings, maps) or are placeholders
+/// (the defaults of required keys), everywhere in the schema. An empty string stands for an
+/// absent value that a rule between keys requires (`tls.cert` unless `tls.acme`).
 fn tidy(v: &mut Value) {
     match v {
         Value::Object(m) => {
@@ -88,6 +89,7 @@ fn tidy(v: &mut Value) {
             let pointless = match m.get("default") {
                 Some(Value::Null | Value::Object(_)) => true,
                 Some(Value::Array(a)) => a.is_empty(),
+                Some(Value::String(s)) => s.is_empty(),
                 _ => false,
             };
             if pointless {

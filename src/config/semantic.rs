@@ -81,10 +81,17 @@ pub(crate) fn check(c: &mut Config, tree: &Value, base_dir: &Path, problems: &mu
     }
     routes(c, tree, &defined, base_dir, problems);
     close_codes(&c.close_codes, problems);
+    super::acme::tls_rules(c, problems);
     for l in &mut c.listeners {
         if let Some(tls) = &mut l.tls {
-            tls.cert = base_dir.join(&tls.cert);
-            tls.key = base_dir.join(&tls.key);
+            if tls.acme.is_none() {
+                tls.cert = base_dir.join(&tls.cert);
+                tls.key = base_dir.join(&tls.key);
+            }
+            if let Some(acme) = &mut tls.acme {
+                acme.cache = base_dir.join(&acme.cache);
+                acme.ca = acme.ca.as_ref().map(|ca| base_dir.join(ca));
+            }
         }
     }
 }

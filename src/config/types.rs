@@ -137,17 +137,77 @@ impl Default for Http2Config {
     }
 }
 
-/// Certificate chain and key files for a TLS listener.
+/// Certificate chain and key files for a TLS listener, or an ACME block that obtains them.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
-#[schemars(extend("required" = ["cert", "key"]))]
 pub struct TlsFiles {
-    /// PEM certificate chain, leaf first.
+    /// PEM certificate chain, leaf first (with `key`; not with `acme`). Empty when absent.
     #[schemars(with = "leaf::FilePath")]
     pub cert: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching the certificate.
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching the certificate. Empty when absent.
     #[schemars(with = "leaf::FilePath")]
     pub key: PathBuf,
+    /// Obtain and renew the certificate from an ACME CA (Let's Encrypt) instead of files.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// `tls.acme`: certificates obtained and renewed automatically (RFC 8555).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schemars(extend("required" = ["domains", "cache"]))]
+pub struct AcmeConfig {
+    /// DNS names the certificate covers; each must resolve to this host.
+    #[schemars(with = "Vec<leaf::AcmeDomain>", length(min = 1))]
+    pub domains: Vec<String>,
+    /// Contact address given to the CA for the account (expiry and policy notices).
+    #[schemars(with = "Option<leaf::AcmeEmail>")]
+    pub email: Option<String>,
+    /// The CA's ACME directory URL (https://); default Let's Encrypt production.
+    #[schemars(with = "leaf::AcmeDirectory")]
+    pub directory: String,
+    /// Folder for the account key and certificates (created with mode 0700, files 0600).
+    #[schemars(with = "leaf::FilePath")]
+    pub cache: PathBuf,
+    /// How the CA checks control of the names: `tls-alpn-01` on this listener's port
+    /// (443) or `http-01` on a plain listener (port 80).
+    pub challenge: AcmeChallenge,
+    /// PEM root certificate to trust for the directory's HTTPS, for test CAs (pebble);
+    /// absent = the system's roots.
+    #[schemars(with = "Option<leaf::FilePath>")]
+    pub ca: Option<PathBuf>,
+    /// Renew when this little validity is left; absent = a third of the lifetime.
+    #[serde(with = "leaf::opt_duration")]
+    #[schemars(with = "Option<leaf::PositiveDuration>")]
+    pub renew_before: Option<Duration>,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        Self {
+            domains: Vec::new(),
+            email: None,
+            directory: LETS_ENCRYPT_DIRECTORY.to_owned(),
+            cache: PathBuf::new(),
+            challenge: AcmeChallenge::default(),
+            ca: None,
+            renew_before: None,
+        }
+    }
+}
+
+/// Let's Encrypt's production ACME directory (the default of `tls.acme.directory`).
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// The ACME challenge type a listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, JsonSchema)]
+pub enum AcmeChallenge {
+    /// RFC 8737: answered inside the TLS handshake (ALPN `acme-tls/1`) on this listener.
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// RFC 8555 §8.3: `GET /.well-known/acme-challenge/TOKEN` on a plain listener.
+    #[serde(rename = "http-01")]
+    Http01,
 }
 
 /// The admin listener.

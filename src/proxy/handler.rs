@@ -117,6 +117,9 @@ impl Handler {
             .lock()
             .map(|mut p| p.take())
             .unwrap_or(None);
+        if let Some(answer) = crate::acme::http01_answer(&req, self.client.tls) {
+            return Ok(answer);
+        }
         let runtime = self.state.load_full();
         let upgrade = is_websocket_upgrade(&req);
         let h2 = req.version() == Version::HTTP_2;

@@ -15,6 +15,8 @@ missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing+=(prometheus)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
+# tests/acme.rs: Let's Encrypt's test CA and its DNS helper (pebble-challtestsrv, same package).
+{ command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null; } || missing+=(pebble)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install.sh: apt-get install ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
