@@ -5,7 +5,8 @@
 #   bench/run.sh            full run: 3 interleaved reps (~12 min), writes bench/RESULTS.md
 #   bench/run.sh --quick    smoke run: 1 short rep, writes bench/RESULTS-quick.md
 #   options: --reps N, --out FILE, --keep (leave the temp dir with configs and raw JSON),
-#            --only "T1 T2 ..." (run only these targets, e.g. "nginx wsgate wsgate-raw")
+#            --only "T1 T2 ..." (run only these targets, e.g. "nginx wsgate wsgate-raw"),
+#            --tests "bulk rate" (run only these tests of each target), --bulk-size BYTES (16384)
 #
 # Not part of CI. Everything listens on 127.0.0.1; every process started here is stopped
 # by PID on exit. Proxies run on CPU 1, load generator and echo backend on CPU 0.
@@ -16,6 +17,8 @@ REPS=3
 KEEP=0
 OUT=""
 ONLY=""
+ONLY_TESTS=""
+BULK_SIZE=16384
 CMDLINE="bench/run.sh${*:+ $*}"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -24,7 +27,9 @@ while [ $# -gt 0 ]; do
         --out) OUT="$2"; shift ;;
         --keep) KEEP=1 ;;
         --only) ONLY="$2"; shift ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        --tests) ONLY_TESTS="$2"; shift ;;
+        --bulk-size) BULK_SIZE="$2"; shift ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -213,6 +218,14 @@ routes:
   - path: /raw
     upstream: ws://$ECHO
     track_frames: false
+  # The same two without splice(2), to weigh it (targets wsgate-copy, wsgate-raw-copy).
+  - path: /copy
+    upstream: ws://$ECHO
+    splice: false
+  - path: /raw-copy
+    upstream: ws://$ECHO
+    track_frames: false
+    splice: false
 limits:
   handshake_rate_per_ip: 0
   max_connections_per_ip: 0
@@ -309,6 +322,9 @@ add wsgate       wsgate  "ws://127.0.0.1:19401/ws"   ""                       "i
 add wsgate-tls   wsgate  "wss://localhost:19402/ws"  "tls"                    "idle rate bulk handshake"
 add wsgate-raw   wsgate  "ws://127.0.0.1:19401/raw"  ""                       "idle rate bulk"
 add wsgate-tls-raw wsgate "wss://localhost:19402/raw" "tls"                    "idle rate bulk"
+# Plain tunnels copying through user space (`splice: false`); not in the default order.
+add wsgate-copy  wsgate  "ws://127.0.0.1:19401/copy"  ""                      "rate bulk"
+add wsgate-raw-copy wsgate "ws://127.0.0.1:19401/raw-copy" ""                 "rate bulk"
 add wsgate-basic wsgate  "ws://127.0.0.1:19401/basic" "basic"                 "handshake"
 add wsgate-jwt   wsgate  "ws://127.0.0.1:19401/jwt"  "jwt"                    "handshake"
 # WebSockets as extended CONNECT streams, 100 per HTTP/2 connection (nginx has no RFC 8441).
@@ -337,10 +353,11 @@ for rep in $(seq "$REPS"); do
         # A fresh proxy per target, so the idle-RSS delta starts from a clean heap.
         start_proxy "${KIND[$t]}"
         for test in ${TESTS[$t]}; do
+            [ -z "$ONLY_TESTS" ] || [[ " $ONLY_TESTS " == *" $test "* ]] || continue
             case "$test" in
                 idle) lg "$t" "$rep" idle --url "${URL[$t]}" "${extra[@]}" --conns "$IDLE_CONNS" --settle 1 ;;
                 rate) lg "$t" "$rep" rate --url "${URL[$t]}" "${extra[@]}" --conns "$CONNS" --rate "$RATE" "${RATE_ARGS[@]}" ;;
-                bulk) lg "$t" "$rep" bulk --url "${URL[$t]}" "${extra[@]}" --conns 4 --size 16384 "${BULK_ARGS[@]}" ;;
+                bulk) lg "$t" "$rep" bulk --url "${URL[$t]}" "${extra[@]}" --conns 4 --size "$BULK_SIZE" "${BULK_ARGS[@]}" ;;
                 handshake) lg "$t" "$rep" handshake --url "${URL[$t]}" "${extra[@]}" --concurrency 8 "${HS_ARGS[@]}" ;;
             esac
         done
@@ -367,13 +384,14 @@ def vals(t, mode, key, sub=None):
             v.append(float(x))
     return v
 def med(v): return statistics.median(v) if v else None
+bulk_kib = next((r["r"]["size"] // 1024 for r in rows if r["r"]["mode"] == "bulk"), 16)
 def fmt(v, nd=1):
     if not v: return "–"
     m = med(v)
     s = f"{m:,.{nd}f}"
     if len(v) > 1: s += f" ({min(v):,.{nd}f}–{max(v):,.{nd}f})"
     return s
-targets = [t for t in ["direct","relay","nginx","nginx-tls","haproxy","haproxy-tls","caddy","caddy-tls","wsgate","wsgate-tls","wsgate-raw","wsgate-tls-raw","wsgate-basic","wsgate-jwt","wsgate-h2","haproxy-h2"]
+targets = [t for t in ["direct","relay","nginx","nginx-tls","haproxy","haproxy-tls","caddy","caddy-tls","wsgate","wsgate-copy","wsgate-tls","wsgate-raw","wsgate-raw-copy","wsgate-tls-raw","wsgate-basic","wsgate-jwt","wsgate-h2","haproxy-h2"]
            if any(r["target"] == t for r in rows)]
 base = med(vals("direct","rate","rtt_us","p50"))
 metrics = [
@@ -386,7 +404,7 @@ metrics = [
  ("idle conns open", lambda t: vals(t,"idle","open"), 0),
  ("proxy CPU µs / handshake", lambda t: vals(t,"handshake","proxy_cpu_us_per_handshake"), 0),
  ("handshakes/s (8 loops)", lambda t: vals(t,"handshake","per_s"), 0),
- ("bulk MB/s each way (16 KiB)", lambda t: vals(t,"bulk","mb_per_s_each_way"), 0),
+ (f"bulk MB/s each way ({bulk_kib} KiB)", lambda t: vals(t,"bulk","mb_per_s_each_way"), 0),
  ("proxy CPU util in bulk", lambda t: vals(t,"bulk","proxy_cpu_util"), 2),
  ("proxy CPU µs / MB in bulk", lambda t: vals(t,"bulk","proxy_cpu_us_per_mb") if t!="direct" else [], 0),
 ]

@@ -407,6 +407,25 @@ impl FrameTracker {
         self.flags & PONG_ARMED != 0
     }
 
+    /// Payload bytes left in the current data frame; 0 outside one (in a header, a control
+    /// frame, between frames) or once untrackable.
+    pub fn data_payload_left(&self) -> u64 {
+        if self.flags & UNTRACKABLE == 0 && self.step == PAYLOAD {
+            self.remaining
+        } else {
+            0
+        }
+    }
+
+    /// Accounts for `n` payload bytes of the current data frame that passed without being
+    /// fed (spliced). Only fewer than [`data_payload_left`](Self::data_payload_left) may be
+    /// skipped: the frame's last byte is fed, so its end is still reported.
+    pub fn skip_payload(&mut self, n: u64) {
+        if self.flags & UNTRACKABLE == 0 && self.step == PAYLOAD && n < self.remaining {
+            self.remaining -= n;
+        }
+    }
+
     /// How many bytes at the end of what was fed so far belong to a frame that may still
     /// turn out to be the expected pong. To drop that pong whole, the splice holds these
     /// bytes back (at most 6 + 8) until a later chunk settles it: [`Event::Pong`] (drop

@@ -13,7 +13,8 @@
 //!                 users (authenticated connections per route and user: per-user limits),
 //!                 admin_api (GET /connections /users, kick, push, broadcast),
 //!                 cluster (opt-in: presence, per-user limits, kicks and pushes shared in Redis),
-//!                 frames (WebSocket frame boundaries seen by the splice; builds injected frames)
+//!                 frames (WebSocket frame boundaries seen by the splice; builds injected frames),
+//!                 zerocopy (splice(2) through per-thread pooled pipes for plain TCP ↔ TCP tunnels)
 //!  leaves: config (YAML → typed), runtime (typed → loaded state, swapped on reload), forwarded
 //!          (client address, X-Forwarded-For, Forwarded), headers (underscore twins, Host,
 //!          the upstream's 101), limits (per-IP counters)
@@ -59,6 +60,7 @@ pub mod splice;
 pub mod tls;
 pub mod upstream;
 pub mod users;
+pub mod zerocopy;
 
 use std::future::Future;
 use std::net::SocketAddr;

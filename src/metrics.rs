@@ -420,6 +420,7 @@ impl Metrics {
             events_dropped_total.with_label_values(&[reason]);
         }
         let jwks = JwksVecs::register(&registry)?;
+        crate::zerocopy::register(&registry)?;
         Ok(Metrics {
             jwks,
             registry,

@@ -228,6 +228,7 @@ pub fn build_with(
                 max_message: r.max_message_bytes.unwrap_or(crate::frames::NO_LIMIT),
                 close_wait: config.shutdown.close_wait,
                 codes: config.close_codes.clone(),
+                splice: r.splice,
             },
             keepalive: r.ping_interval.map(|i| (i, r.ping_timeout)),
             max_lifetime: r.max_lifetime,

@@ -61,6 +61,8 @@ pub struct SessionOptions {
     pub close_wait: Duration,
     /// The close code for each reason the gateway ends a tunnel.
     pub codes: CloseCodes,
+    /// Move bytes between plain TCP sides with splice(2) (the route's `splice`).
+    pub splice: bool,
 }
 
 impl Default for SessionOptions {
@@ -70,6 +72,7 @@ impl Default for SessionOptions {
             max_message: frames::NO_LIMIT,
             close_wait: Duration::from_secs(1),
             codes: CloseCodes::default(),
+            splice: true,
         }
     }
 }
@@ -165,8 +168,8 @@ pub async fn splice<C, U>(
     deflate: bool,
 ) -> SpliceReport
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + RawTcp + Unpin,
+    U: AsyncRead + AsyncWrite + RawTcp + Unpin,
 {
     metrics.active.inc();
     let _guard = ActiveGuard(metrics, Instant::now());
@@ -365,8 +368,8 @@ impl<C, U> Tunnel<'_, C, U> {
 
 impl<C, U> Future for Tunnel<'_, C, U>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + RawTcp + Unpin,
+    U: AsyncRead + AsyncWrite + RawTcp + Unpin,
 {
     type Output = Ended;
 
@@ -410,12 +413,23 @@ where
         let max = t.opts.max_message;
         let info = &*t.info;
         let m = t.metrics;
-        let a = t
-            .c2u
-            .poll(cx, &mut t.client, &mut t.upstream, (info, m), max, want_c2u);
-        let b = t
-            .u2c
-            .poll(cx, &mut t.upstream, &mut t.client, (info, m), max, want_u2c);
+        let zc = t.opts.splice && crate::zerocopy::available();
+        let a = t.c2u.poll(
+            cx,
+            &mut t.client,
+            &mut t.upstream,
+            (info, m),
+            (max, zc),
+            want_c2u,
+        );
+        let b = t.u2c.poll(
+            cx,
+            &mut t.upstream,
+            &mut t.client,
+            (info, m),
+            (max, zc),
+            want_u2c,
+        );
         t.after_poll();
         if let Some(closing) = t.aux.as_mut().and_then(|a| a.closing.as_mut()) {
             // A gateway close ends when both peers answered (or stopped sending), when the
@@ -551,7 +565,7 @@ impl Want {
 /// 64 bytes: every idle tunnel holds two.
 struct Direction {
     /// Bytes read but not yet accepted by the writer (rare: only under backpressure).
-    pending: Option<Box<(Vec<u8>, usize)>>,
+    pending: Option<Box<Pending>>,
     /// The start of a frame that may be the pong answering our ping, held back until it is
     /// settled (client → upstream only).
     held: Option<Box<Held>>,
@@ -577,6 +591,34 @@ const SAW_CLOSE: u8 = 4;
 const SAW_PONG: u8 = 8;
 /// A message from this reader exceeded the limit.
 const TOO_BIG: u8 = 16;
+/// Bulk is flowing on a plain tunnel. Untracked: splice instead of copying. Tracked: the
+/// last data frame's payload was spliced, so read little at its end, and the next large
+/// payload is not pulled into user space with the header before it.
+const BULK: u8 = 32;
+
+/// Where splice(2) starts to pay: tracked, payloads of data frames larger than this are
+/// spliced; untracked, a read this large switches to splicing and a splice smaller than
+/// this switches back. Smaller messages are cheaper copied: a splice costs an extra
+/// syscall per transfer (readiness is cleared only by a would-block) and a pipe round trip.
+const SPLICE_MIN: u64 = 16 * 1024;
+/// Longest WebSocket frame header: 2 bytes, 8 of extended length, 4 of mask.
+const MAX_HEADER: usize = 14;
+
+/// Bytes a writer has not taken yet.
+enum Pending {
+    /// Copied bytes and how many of them are written.
+    Bytes(Vec<u8>, usize),
+    /// Spliced bytes, still in the tunnel's pipe.
+    Pipe(crate::zerocopy::Pipe),
+}
+
+/// What one splice(2) step did.
+enum Spliced {
+    Eof,
+    Moved(usize),
+    /// Splicing isn't possible now (no pipe, or the kernel refused): copy instead.
+    Copy,
+}
 
 /// Labels of [`Violation`]s, indexed by `Direction::lost - 1`.
 const LOST: [&str; 12] = [
@@ -769,13 +811,31 @@ impl Direction {
     }
 
     /// Writes out `pending`, if any.
-    fn write_pending<W: AsyncWrite + Unpin>(
+    fn write_pending<W: AsyncWrite + RawTcp + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         w: &mut W,
     ) -> Poll<io::Result<()>> {
-        if let Some(pending) = &mut self.pending {
-            let (buf, off) = &mut **pending;
+        let Some(pending) = &mut self.pending else {
+            return Poll::Ready(Ok(()));
+        };
+        if let Pending::Pipe(pipe) = &mut **pending {
+            let drained = match w.splice_writer() {
+                Some(tcp) => ready!(pipe.poll_drain(cx, tcp)),
+                None => Err(io::ErrorKind::Unsupported.into()),
+            };
+            match drained {
+                Ok(()) => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::Unsupported || crate::zerocopy::refused(&e) =>
+                {
+                    // Nothing was written from the pipe: carry its bytes on as copies.
+                    **pending = Pending::Bytes(pipe.take_bytes()?, 0);
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        if let Pending::Bytes(buf, off) = &mut **pending {
             while *off < buf.len() {
                 let n = ready!(Pin::new(&mut *w).poll_write(cx, &buf[*off..]))?;
                 if n == 0 {
@@ -783,13 +843,45 @@ impl Direction {
                 }
                 *off += n;
             }
-            self.pending = None;
         }
+        // An emptied pipe goes back to the thread's pool here.
+        self.pending = None;
         Poll::Ready(Ok(()))
     }
 
+    /// Moves one pipe's worth (at most `max` bytes) from `r` to `w` with splice(2). Bytes
+    /// `w` doesn't take now stay in the pipe, which the direction then keeps as `pending`.
+    fn splice_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &TcpStream,
+        w: &TcpStream,
+        max: usize,
+    ) -> Poll<io::Result<Spliced>> {
+        let Some(mut pipe) = crate::zerocopy::Pipe::take() else {
+            return Poll::Ready(Ok(Spliced::Copy));
+        };
+        let n = match ready!(pipe.poll_fill(cx, r, max)) {
+            Ok(0) => return Poll::Ready(Ok(Spliced::Eof)),
+            Ok(n) => n,
+            Err(e) if crate::zerocopy::refused(&e) => return Poll::Ready(Ok(Spliced::Copy)),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        // Written at once in the common case (the pipe goes straight back to the pool);
+        // otherwise the pipe waits as `pending` for the writer.
+        match pipe.poll_drain(cx, w) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Pending => self.pending = Some(Box::new(Pending::Pipe(pipe))),
+            Poll::Ready(Err(e)) if crate::zerocopy::refused(&e) => {
+                self.pending = Some(Box::new(Pending::Bytes(pipe.take_bytes()?, 0)));
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+        }
+        Poll::Ready(Ok(Spliced::Moved(n)))
+    }
+
     /// Writes out `pending` and flushes (used once at the end, before the shutdown).
-    fn flush_pending<W: AsyncWrite + Unpin>(
+    fn flush_pending<W: AsyncWrite + RawTcp + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         w: &mut W,
@@ -798,21 +890,20 @@ impl Direction {
         Pin::new(&mut *w).poll_flush(cx)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         r: &mut R,
         w: &mut W,
         info: (&TunnelInfo, &RouteMetrics),
-        max: u64,
+        limits: (u64, bool),
         want: Option<&Want>,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        R: AsyncRead + RawTcp + Unpin,
+        W: AsyncWrite + RawTcp + Unpin,
     {
-        let result = self.poll_inner(cx, r, w, info, max, want);
+        let result = self.poll_inner(cx, r, w, info, limits, want);
         if let Poll::Ready(Err(_)) = result {
             self.state = DirState::Done;
         }
@@ -825,12 +916,12 @@ impl Direction {
         r: &mut R,
         w: &mut W,
         info: (&TunnelInfo, &RouteMetrics),
-        max: u64,
+        (max, zc): (u64, bool),
         mut want: Option<&Want>,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        R: AsyncRead + RawTcp + Unpin,
+        W: AsyncWrite + RawTcp + Unpin,
     {
         if self.has(INJECTED) {
             // Written already; the tunnel hasn't taken note yet.
@@ -838,11 +929,12 @@ impl Direction {
         }
         loop {
             ready!(self.write_pending(cx, w))?;
-            // A frame goes in as soon as the stream rests at a suitable boundary.
+            // A frame goes in as soon as the stream rests at a suitable boundary. After an
+            // oversized frame the writer's stream was cut before that frame: a boundary.
             if let Some(wnt) = want
                 && self.state != DirState::Done
                 && self.held.is_none()
-                && self.tracker.at_frame_boundary()
+                && (self.tracker.at_frame_boundary() || self.has(TOO_BIG))
                 && !(wnt.data && self.tracker.in_fragmented_message())
             {
                 self.write_parts(cx, w, &[&wnt.bytes])?;
@@ -863,13 +955,67 @@ impl Direction {
                 }
                 DirState::Copying => {}
             }
-            let step = SCRATCH
-                .with_borrow_mut(|scratch| self.read_and_write(cx, r, w, scratch, max, want))?;
+            let mut read_max = SCRATCH_SIZE;
+            if zc
+                && !self.has(DISCARD | TOO_BIG)
+                && self.held.is_none()
+                && let (Some(rt), Some(wt)) = (r.splice_reader(), w.splice_writer())
+            {
+                // Untracked, bulk is spliced; tracked, only the payload of a large data
+                // frame, less its last byte, so the frame's end (and what the tracker does
+                // there) goes through the copy path below.
+                let left = self.tracker.data_payload_left();
+                let untracked = self.tracker.is_untrackable();
+                let splice_max = if untracked {
+                    self.has(BULK).then_some(usize::MAX)
+                } else if left > SPLICE_MIN {
+                    Some(usize::try_from(left - 1).unwrap_or(usize::MAX))
+                } else {
+                    None
+                };
+                if let Some(splice_max) = splice_max {
+                    match ready!(self.splice_step(cx, rt, wt, splice_max))? {
+                        Spliced::Moved(n) => {
+                            self.tracker.skip_payload(n as u64);
+                            if untracked && (n as u64) < SPLICE_MIN {
+                                self.take(BULK);
+                            } else {
+                                self.set(BULK);
+                            }
+                            self.add(n, info.0, info.1);
+                            continue;
+                        }
+                        Spliced::Eof => {
+                            self.state = DirState::ShuttingDown;
+                            continue;
+                        }
+                        Spliced::Copy => {}
+                    }
+                } else if self.has(BULK) && !untracked {
+                    // The end of a spliced payload: read up to the next frame's header,
+                    // so a large payload behind it can be spliced too.
+                    read_max = usize::try_from(left).unwrap_or(SCRATCH_SIZE) + MAX_HEADER;
+                    read_max = read_max.min(SCRATCH_SIZE);
+                    if left == 0 {
+                        // A frame boundary with a small read: back to full reads unless
+                        // the next payload is large again.
+                        self.take(BULK);
+                    }
+                }
+            }
+            let step = SCRATCH.with_borrow_mut(|scratch| {
+                self.read_and_write(cx, r, w, &mut scratch[..read_max], max, want)
+            })?;
             if self.has(INJECTED) {
                 want = None;
             }
             match step {
-                Read::Moved(n) => self.add(n, info.0, info.1),
+                Read::Moved(n) => {
+                    if n as u64 >= SPLICE_MIN && self.tracker.is_untrackable() {
+                        self.set(BULK);
+                    }
+                    self.add(n, info.0, info.1);
+                }
                 Read::Eof => self.state = DirState::ShuttingDown,
                 Read::Pending => {
                     // Nothing to read: push out anything a TLS writer still buffers, so
@@ -914,7 +1060,7 @@ impl Direction {
                         for p in &parts[i + 1..] {
                             buf.extend_from_slice(p);
                         }
-                        self.pending = Some(Box::new((buf, 0)));
+                        self.pending = Some(Box::new(Pending::Bytes(buf, 0)));
                         return Ok(());
                     }
                 }
@@ -963,6 +1109,7 @@ impl Direction {
             }
             return Ok(Read::Moved(n));
         }
+        let cut_already = self.has(TOO_BIG);
         let mut scan = Scan {
             want: want.map(|w| w.data),
             in_msg: self.tracker.in_fragmented_message(),
@@ -1017,7 +1164,9 @@ impl Direction {
                 end = end.min(from);
             }
         }
-        if self.has(DISCARD) {
+        if self.has(DISCARD) || cut_already {
+            // Nothing more after our close frame, nor after the start of an oversized
+            // frame (the rest of it included).
             return Ok(Read::Moved(n));
         }
         let (skip_from, skip_to) = match scan.pong {
@@ -1111,6 +1260,38 @@ impl Side {
         }
     }
 }
+
+/// The plain TCP socket under a side, for splice(2); other sides (TLS, in-memory) have
+/// none and are copied.
+pub trait RawTcp {
+    /// The socket to splice from: only once no read-ahead bytes are left to replay.
+    fn splice_reader(&self) -> Option<&TcpStream> {
+        None
+    }
+    /// The socket to splice into.
+    fn splice_writer(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl RawTcp for Side {
+    fn splice_reader(&self) -> Option<&TcpStream> {
+        match self {
+            Side::Tcp(p) if p.pre.is_empty() => Some(&p.inner),
+            _ => None,
+        }
+    }
+
+    fn splice_writer(&self) -> Option<&TcpStream> {
+        match self {
+            Side::Tcp(p) => Some(&p.inner),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl RawTcp for tokio::io::DuplexStream {}
 
 macro_rules! side_dispatch {
     ($self:ident, $s:ident => $e:expr) => {
@@ -1432,6 +1613,8 @@ mod tunnel_tests {
         inner: DuplexStream,
     }
 
+    impl RawTcp for Broken {}
+
     impl AsyncRead for Broken {
         fn poll_read(
             self: Pin<&mut Self>,
@@ -1687,6 +1870,42 @@ mod frame_tests {
             assert_eq!(read_n(&mut r.upstream, other.len()).await, other);
             r.tunnel.abort();
         }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_arriving_in_pieces_never_reaches_the_upstream() {
+        let metrics = Metrics::new().unwrap();
+        let rm = metrics.route("/t", false);
+        let (mut client, gc) = duplex(1 << 16);
+        let (mut upstream, gu) = duplex(1 << 16);
+        let info = Arc::new(TunnelInfo::new(
+            1,
+            "/t".into(),
+            None,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        ));
+        let tunnel = tokio::spawn(async move {
+            let opts = SessionOptions {
+                max_message: 10,
+                ..SessionOptions::default()
+            };
+            splice(gc, gu, &rm, info, &opts, false).await
+        });
+        let ok = masked(&data_frame(MessageKind::Text, b"0123456789", None));
+        // A 1000-byte frame: its header and a first piece, then the rest in a later read.
+        let mut big = vec![0x82, 0x80 | 126, 0x03, 0xE8, 1, 2, 3, 4];
+        big.extend_from_slice(&[0x55; 1000]);
+        client.write_all(&ok).await.unwrap();
+        client.write_all(&big[..108]).await.unwrap();
+        assert_eq!(read_n(&mut upstream, ok.len()).await, ok);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client.write_all(&big[108..]).await.unwrap();
+        // Nothing of the oversized frame: the close frame comes next.
+        let close = read_n(&mut upstream, 2 + 4 + 2 + "message too big".len()).await;
+        assert_eq!(&close[..2], &[0x88, 0x80 | 17], "got {close:?}");
+        drop(client);
+        let report = tunnel.await.unwrap();
+        assert_eq!(report.ended, Ended::TooBig);
     }
 
     #[tokio::test]

@@ -589,6 +589,10 @@ pub struct RouteConfig {
     /// messages, keepalive pings, size limits, message counts); false = a blind byte pipe
     /// whose gateway-side closes are TCP closes.
     pub track_frames: bool,
+    /// Move bytes between plain (non-TLS) client and upstream sockets with splice(2), without
+    /// copying them through user space (default true; copying resumes by itself where the
+    /// kernel refuses splice); false = always copy.
+    pub splice: bool,
     /// A data message (all its fragments) larger than this closes the tunnel with 1009;
     /// absent = no limit. Needs `track_frames`.
     #[schemars(range(min = 1))]
@@ -629,6 +633,7 @@ impl Default for RouteConfig {
             ca: None,
             origins: None,
             track_frames: true,
+            splice: true,
             max_message_bytes: None,
             max_lifetime: None,
             expiry_grace: Duration::ZERO,
