@@ -36,7 +36,12 @@ pub fn run(bind: SocketAddr, to: SocketAddr) -> io::Result<()> {
     let mut next = 0usize;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        poll.poll(&mut events, None)?;
+        // A tracer attaching (strace, perf) interrupts the wait: not a reason to stop.
+        match poll.poll(&mut events, None) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
         for ev in events.iter() {
             if ev.token() == LISTENER {
                 loop {
@@ -70,10 +75,23 @@ pub fn run(bind: SocketAddr, to: SocketAddr) -> io::Result<()> {
                 continue;
             }
             let id = ev.token().0 & !1;
-            let Some(p) = pairs.get_mut(&id) else { continue };
+            let Some(p) = pairs.get_mut(&id) else {
+                continue;
+            };
             // Either side's readiness: move what can move both ways.
-            let ok = pump(&mut p.client, &mut p.upstream, &mut p.to_upstream, &mut p.client_eof, &mut buf)
-                && pump(&mut p.upstream, &mut p.client, &mut p.to_client, &mut p.upstream_eof, &mut buf);
+            let ok = pump(
+                &mut p.client,
+                &mut p.upstream,
+                &mut p.to_upstream,
+                &mut p.client_eof,
+                &mut buf,
+            ) && pump(
+                &mut p.upstream,
+                &mut p.client,
+                &mut p.to_client,
+                &mut p.upstream_eof,
+                &mut buf,
+            );
             // Either side hanging up ends the pair once what it sent is delivered (as nginx
             // does for upgraded connections): no half-close bookkeeping on the floor.
             if !ok
@@ -90,7 +108,13 @@ pub fn run(bind: SocketAddr, to: SocketAddr) -> io::Result<()> {
 }
 
 /// Copies `from` → `to` until `from` would block; false when the pair must close.
-fn pump(from: &mut TcpStream, to: &mut TcpStream, pending: &mut Vec<u8>, eof: &mut bool, buf: &mut [u8]) -> bool {
+fn pump(
+    from: &mut TcpStream,
+    to: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    eof: &mut bool,
+    buf: &mut [u8],
+) -> bool {
     if !pending.is_empty() {
         match write_some(to, pending) {
             Ok(n) => {
