@@ -351,7 +351,7 @@ impl Handler {
         let (parts, _body) = req.into_parts();
         let mut up_req = self.upstream_request(
             runtime,
-            &parts,
+            parts,
             &route.auth,
             admission.as_ref(),
             client_ip,
@@ -520,7 +520,7 @@ impl Handler {
         let (parts, body) = req.into_parts();
         let up_req = self.upstream_request(
             runtime,
-            &parts,
+            parts,
             &route.auth,
             admission,
             client_ip,
@@ -652,15 +652,21 @@ impl Handler {
     fn upstream_request<B>(
         &self,
         runtime: &Runtime,
-        parts: &http::request::Parts,
+        parts: http::request::Parts,
         route_auth: &crate::auth::RouteAuth,
         admission: Option<&Admission>,
         client_ip: IpAddr,
         upgrade: bool,
         body: B,
     ) -> Result<Request<B>, Refusal> {
-        let mut query = parts.uri.query().map(str::to_owned);
-        let mut headers = parts.headers.clone();
+        // Taken by value: the client's header map becomes the upstream's, no copy.
+        let http::request::Parts {
+            method,
+            uri,
+            mut headers,
+            ..
+        } = parts;
+        let mut query = uri.query().map(str::to_owned);
         crate::headers::drop_underscored(&mut headers, runtime.config.underscores_in_headers);
         strip_hop_by_hop(&mut headers);
         headers.remove(X_AUTH_USER);
@@ -682,9 +688,7 @@ impl Handler {
             HeaderValue::from_static(if self.client.tls { "https" } else { "http" }),
         );
         let host = headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
+            uri.authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         if let Some(host) = host {
@@ -699,15 +703,22 @@ impl Handler {
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             headers.remove(header::CONTENT_LENGTH);
         }
-        let path_and_query = match query {
-            Some(q) => format!("{}?{}", parts.uri.path(), q),
-            None => parts.uri.path().to_owned(),
+        // Already origin-form with nothing removed from the query (the usual case): as is.
+        let unchanged =
+            query.as_deref() == uri.query() && uri.scheme().is_none() && uri.authority().is_none();
+        let uri: Uri = if unchanged {
+            uri
+        } else {
+            let path_and_query = match query {
+                Some(q) => format!("{}?{}", uri.path(), q),
+                None => uri.path().to_owned(),
+            };
+            path_and_query
+                .parse()
+                .map_err(|_| Refusal::BadRequest("unparsable request target"))?
         };
-        let uri: Uri = path_and_query
-            .parse()
-            .map_err(|_| Refusal::BadRequest("unparsable request target"))?;
         let mut req = Request::new(body);
-        *req.method_mut() = parts.method.clone();
+        *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
