@@ -538,7 +538,40 @@ impl Handler {
     }
 
     /// Connects to the route's servers in the pool's order (a failed connect marks the
-    /// server down and moves on) and sends the request to the first that accepts.
+    /// server down and moves on); the first that accepts, its load guard and its address.
+    async fn connect_first(
+        &self,
+        runtime: &Runtime,
+        route: &Route,
+        client_ip: IpAddr,
+    ) -> Result<(crate::upstream::UpstreamStream, ActiveGuard, String), Refusal> {
+        let mut last_error = None;
+        for server in route.pool.candidates(client_ip) {
+            let connected = crate::upstream::connect(
+                &server.config,
+                route.upstream_tls.as_ref(),
+                runtime.config.timeouts.upstream_connect,
+            )
+            .await;
+            match connected {
+                Ok(stream) => {
+                    route.pool.mark_ok(&server);
+                    return Ok((stream, route.pool.track(&server), server.addr.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(route = %route.path, upstream = %server.addr, error = %e, "upstream connect failed");
+                    route.pool.mark_failed(&server);
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error
+            .as_ref()
+            .map(Refusal::from)
+            .unwrap_or(Refusal::BadGateway))
+    }
+
+    /// Sends the request to the first upstream that accepts a connection.
     async fn exchange<B>(
         &self,
         runtime: &Runtime,
@@ -551,45 +584,15 @@ impl Handler {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let timeouts = &runtime.config.timeouts;
-        let mut last_error = None;
-        for server in route.pool.candidates(client_ip) {
-            let connected = crate::upstream::connect(
-                &server.config,
-                route.upstream_tls.as_ref(),
-                timeouts.upstream_connect,
-            )
-            .await;
-            let stream = match connected {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(route = %route.path, upstream = %server.addr, error = %e, "upstream connect failed");
-                    route.pool.mark_failed(&server);
-                    last_error = Some(e);
-                    continue;
-                }
-            };
-            route.pool.mark_ok(&server);
-            let guard = route.pool.track(&server);
-            return match crate::upstream::send(
-                stream,
-                &server.addr,
-                req,
-                timeouts.upstream_response,
-            )
-            .await
-            {
-                Ok(resp) => Ok((resp, guard, server.addr.clone())),
-                Err(e) => {
-                    tracing::warn!(route = %route.path, upstream = %server.addr, error = %e, "upstream failed");
-                    Err(Refusal::from(&e))
-                }
-            };
+        let (stream, guard, addr) = self.connect_first(runtime, route, client_ip).await?;
+        let timeout = runtime.config.timeouts.upstream_response;
+        match crate::upstream::send(stream, &addr, req, timeout).await {
+            Ok(resp) => Ok((resp, guard, addr)),
+            Err(e) => {
+                tracing::warn!(route = %route.path, upstream = %addr, error = %e, "upstream failed");
+                Err(Refusal::from(&e))
+            }
         }
-        Err(last_error
-            .as_ref()
-            .map(Refusal::from)
-            .unwrap_or(Refusal::BadGateway))
     }
 
     /// As [`Self::exchange`], for an upgrade: the request head goes out in one write and the
@@ -601,45 +604,22 @@ impl Handler {
         client_ip: IpAddr,
         req: &Request<()>,
     ) -> Result<(UpgradeResponse, ActiveGuard, String), Refusal> {
-        let timeouts = &runtime.config.timeouts;
-        let mut last_error = None;
-        for server in route.pool.candidates(client_ip) {
-            let connected = crate::upstream::connect(
-                &server.config,
-                route.upstream_tls.as_ref(),
-                timeouts.upstream_connect,
-            )
-            .await;
-            let stream = match connected {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(route = %route.path, upstream = %server.addr, error = %e, "upstream connect failed");
-                    route.pool.mark_failed(&server);
-                    last_error = Some(e);
-                    continue;
-                }
-            };
-            route.pool.mark_ok(&server);
-            let guard = route.pool.track(&server);
-            let exchange = crate::upstream::handshake::upgrade(stream, &server.addr, req);
-            let result = match tokio::time::timeout(timeouts.upstream_response, exchange).await {
+        let (stream, guard, addr) = self.connect_first(runtime, route, client_ip).await?;
+        let exchange = crate::upstream::handshake::upgrade(stream, &addr, req);
+        let result =
+            match tokio::time::timeout(runtime.config.timeouts.upstream_response, exchange).await {
                 Ok(r) => r,
                 Err(_) => Err(crate::upstream::UpstreamError::ResponseTimeout(
-                    server.addr.clone(),
+                    addr.clone(),
                 )),
             };
-            return match result {
-                Ok(resp) => Ok((resp, guard, server.addr.clone())),
-                Err(e) => {
-                    tracing::warn!(route = %route.path, upstream = %server.addr, error = %e, "upstream failed");
-                    Err(Refusal::from(&e))
-                }
-            };
+        match result {
+            Ok(resp) => Ok((resp, guard, addr)),
+            Err(e) => {
+                tracing::warn!(route = %route.path, upstream = %addr, error = %e, "upstream failed");
+                Err(Refusal::from(&e))
+            }
         }
-        Err(last_error
-            .as_ref()
-            .map(Refusal::from)
-            .unwrap_or(Refusal::BadGateway))
     }
 
     fn client_ip(&self, runtime: &Runtime, headers: &HeaderMap) -> IpAddr {
