@@ -58,6 +58,7 @@ pub mod route;
 pub mod runtime;
 pub mod splice;
 pub mod tls;
+pub mod tls_stream;
 pub mod upstream;
 pub mod users;
 pub mod zerocopy;

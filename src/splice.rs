@@ -1233,7 +1233,7 @@ pub enum Side {
     /// Plain TCP (client or upstream).
     Tcp(Prebuffered<TcpStream>),
     /// TLS client of a `wss://` listener.
-    ServerTls(Box<Prebuffered<tokio_rustls::server::TlsStream<TcpStream>>>),
+    ServerTls(Box<Prebuffered<crate::tls_stream::ServerTlsStream>>),
     /// TLS to a `wss://` upstream.
     ClientTls(Box<Prebuffered<tokio_rustls::client::TlsStream<TcpStream>>>),
     /// Anything else, still behind hyper's wrapper.
@@ -1245,7 +1245,7 @@ impl Side {
     pub fn client(u: Upgraded) -> Side {
         match u.downcast::<TokioIo<TcpStream>>() {
             Ok(p) => Side::Tcp(Prebuffered::new(p.io.into_inner(), p.read_buf)),
-            Err(u) => match u.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+            Err(u) => match u.downcast::<TokioIo<crate::tls_stream::ServerTlsStream>>() {
                 Ok(p) => Side::ServerTls(Box::new(Prebuffered::new(p.io.into_inner(), p.read_buf))),
                 Err(u) => Side::Upgraded(TokioIo::new(u)),
             },
