@@ -1211,31 +1211,27 @@ impl Direction {
         let mut k = 0;
         // Segments in stream order: [0, skip_from) and [skip_to, end), with the wanted
         // frame at `cut` (never inside the skipped pong: both are frame boundaries).
-        let mut segs: Vec<(usize, usize)> = Vec::with_capacity(4);
-        match cut {
-            Some(c) if c <= skip_from => {
-                segs.push((0, c));
-                segs.push((usize::MAX, 0));
-                segs.push((c, skip_from));
-                segs.push((skip_to, end));
-            }
-            Some(c) => {
-                segs.push((0, skip_from));
-                segs.push((skip_to, c.max(skip_to)));
-                segs.push((usize::MAX, 0));
-                segs.push((c.max(skip_to), end));
-            }
-            None => {
-                segs.push((0, skip_from));
-                segs.push((skip_to, end));
-            }
-        }
+        // A fixed array, not a Vec: this runs for every read of a tracked tunnel.
+        const INJECT: (usize, usize) = (usize::MAX, 0);
+        let (segs, nsegs): ([(usize, usize); 4], usize) = match cut {
+            Some(c) if c <= skip_from => ([(0, c), INJECT, (c, skip_from), (skip_to, end)], 4),
+            Some(c) => (
+                [
+                    (0, skip_from),
+                    (skip_to, c.max(skip_to)),
+                    INJECT,
+                    (c.max(skip_to), end),
+                ],
+                4,
+            ),
+            None => ([(0, skip_from), (skip_to, end), (0, 0), (0, 0)], 2),
+        };
         let wanted: &[u8] = match (cut, want) {
             (Some(_), Some(w)) => &w.bytes,
             _ => &[],
         };
         let mut injected = false;
-        for (from, to) in segs {
+        for &(from, to) in &segs[..nsegs] {
             if from == usize::MAX {
                 if k < parts.len() {
                     parts[k] = wanted;
