@@ -1264,7 +1264,7 @@ pub enum Side {
     /// TLS client of a `wss://` listener.
     ServerTls(Box<Prebuffered<crate::tls_stream::ServerTlsStream>>),
     /// TLS to a `wss://` upstream.
-    ClientTls(Box<Prebuffered<tokio_rustls::client::TlsStream<TcpStream>>>),
+    ClientTls(Box<Prebuffered<crate::tls_stream::ClientTlsStream>>),
     /// Anything else, still behind hyper's wrapper.
     Upgraded(TokioIo<Upgraded>),
 }

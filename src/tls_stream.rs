@@ -1,4 +1,5 @@
-//! The client-facing TLS stream, on rustls' unbuffered API.
+//! TLS streams on rustls' unbuffered API: the listeners' (server side) and the `wss://`
+//! upstreams' (client side).
 //!
 //! tokio-rustls drives rustls' buffered connection, which keeps a 4 KiB receive buffer
 //! per connection for its whole life (rustls never shrinks it below one read). Here rustls
@@ -13,9 +14,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use rustls::ServerConfig;
+use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+};
+use rustls::{ClientConfig, CommonState, ServerConfig};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -37,10 +42,54 @@ thread_local! {
     static SEAL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A server-side TLS connection over TCP, after its handshake.
-pub struct ServerTlsStream {
+/// A rustls unbuffered connection, server or client side.
+pub trait Session {
+    /// rustls' side-specific connection data.
+    type Data;
+    /// rustls' `process_tls_records` for this side.
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    /// What both sides share: handshake progress, ALPN.
+    fn common(&self) -> &CommonState;
+}
+
+impl Session for UnbufferedServerConnection {
+    type Data = rustls::server::ServerConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn common(&self) -> &CommonState {
+        self
+    }
+}
+
+impl Session for UnbufferedClientConnection {
+    type Data = rustls::client::ClientConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn common(&self) -> &CommonState {
+        self
+    }
+}
+
+/// A listener's TLS connection (server side).
+pub type ServerTlsStream = TlsStream<UnbufferedServerConnection>;
+/// A `wss://` upstream's TLS connection (client side).
+pub type ClientTlsStream = TlsStream<UnbufferedClientConnection>;
+
+/// A TLS connection over TCP, after its handshake.
+pub struct TlsStream<S> {
     io: TcpStream,
-    conn: UnbufferedServerConnection,
+    conn: S,
     /// Received bytes rustls has not consumed yet (an unfinished record); usually empty.
     incoming: Vec<u8>,
     /// Decrypted bytes the reader had no room for, from `plain_at` on.
@@ -87,7 +136,21 @@ fn tls_error(e: rustls::Error) -> io::Error {
 /// Accepts a TLS connection: runs the handshake on `io` with `config`.
 pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<ServerTlsStream> {
     let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
-    let mut tls = ServerTlsStream {
+    handshake(io, conn).await
+}
+
+/// Connects over `io` to the server called `name`: runs the handshake with `config`.
+pub async fn connect(
+    io: TcpStream,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> io::Result<ClientTlsStream> {
+    let conn = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
+    handshake(io, conn).await
+}
+
+async fn handshake<S: Session>(io: TcpStream, conn: S) -> io::Result<TlsStream<S>> {
+    let mut tls = TlsStream {
         io,
         conn,
         incoming: Vec::new(),
@@ -107,7 +170,7 @@ pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<Serv
         inbuf.drain(..consumed);
         match turn {
             Ok(Turn::Again) => {}
-            Ok(Turn::NeedData) if tls.conn.is_handshaking() => {
+            Ok(Turn::NeedData) if tls.conn.common().is_handshaking() => {
                 if !tls.outgoing.is_empty() {
                     tls.io.write_all(&tls.outgoing).await?;
                     tls.outgoing = Vec::new();
@@ -128,7 +191,7 @@ pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<Serv
             }
             // Application data may already follow the client's Finished: it stays queued
             // in rustls (or in `inbuf`) for the first read.
-            Ok(_) if !tls.conn.is_handshaking() => break,
+            Ok(_) if !tls.conn.common().is_handshaking() => break,
             Ok(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -152,10 +215,18 @@ pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<Serv
     Ok(tls)
 }
 
-impl ServerTlsStream {
+impl<S> std::fmt::Debug for TlsStream<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("io", &self.io)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Session> TlsStream<S> {
     /// The protocol agreed by ALPN.
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.conn.alpn_protocol()
+        self.conn.common().alpn_protocol()
     }
 
     /// One step of rustls over `bytes` (received ciphertext). `consumed` grows by what
@@ -168,7 +239,7 @@ impl ServerTlsStream {
         mut read: Option<&mut ReadBuf<'_>>,
         seal: Option<(Seal<'_>, &mut Vec<u8>)>,
     ) -> io::Result<Turn> {
-        let status = self.conn.process_tls_records(&mut bytes[*consumed..]);
+        let status = self.conn.process(&mut bytes[*consumed..]);
         let mut discard = status.discard;
         let turn = match status.state {
             Err(e) => Err(tls_error(e)),
@@ -377,7 +448,7 @@ impl ServerTlsStream {
     }
 }
 
-impl AsyncRead for ServerTlsStream {
+impl<S: Session + Unpin> AsyncRead for TlsStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -473,7 +544,7 @@ impl AsyncRead for ServerTlsStream {
     }
 }
 
-impl AsyncWrite for ServerTlsStream {
+impl<S: Session + Unpin> AsyncWrite for TlsStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -525,9 +596,15 @@ mod tests {
     use std::time::Duration;
     use tokio::net::TcpListener;
     use tokio_rustls::TlsConnector;
-    use tokio_rustls::client::TlsStream;
+    use tokio_rustls::client::TlsStream as BufferedTls;
 
     fn configs() -> (Arc<ServerConfig>, TlsConnector) {
+        let (server, client) = config_pair();
+        (server, TlsConnector::from(client))
+    }
+
+    /// A server config and a client config that trusts (only) its certificate.
+    fn config_pair() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let der = ck.cert.der().clone();
         let key =
@@ -545,16 +622,16 @@ mod tests {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        (Arc::new(server), TlsConnector::from(Arc::new(client)))
+        (Arc::new(server), Arc::new(client))
     }
 
-    async fn connect(connector: &TlsConnector, tcp: TcpStream) -> TlsStream<TcpStream> {
+    async fn buffered_client(connector: &TlsConnector, tcp: TcpStream) -> BufferedTls<TcpStream> {
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         connector.connect(name, tcp).await.unwrap()
     }
 
     /// A connected pair: (client, server) over real loopback TCP.
-    async fn pair() -> (TlsStream<TcpStream>, ServerTlsStream) {
+    async fn pair() -> (BufferedTls<TcpStream>, ServerTlsStream) {
         let (server_cfg, connector) = configs();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -562,7 +639,7 @@ mod tests {
             let (tcp, _) = listener.accept().await.unwrap();
             accept(tcp, server_cfg).await.unwrap()
         });
-        let client = connect(&connector, TcpStream::connect(addr).await.unwrap()).await;
+        let client = buffered_client(&connector, TcpStream::connect(addr).await.unwrap()).await;
         (client, server.await.unwrap())
     }
 
@@ -635,7 +712,8 @@ mod tests {
             let down = tokio::io::copy(&mut sr, &mut cw);
             let _ = tokio::join!(up, down);
         });
-        let mut client = connect(&connector, TcpStream::connect(front_addr).await.unwrap()).await;
+        let mut client =
+            buffered_client(&connector, TcpStream::connect(front_addr).await.unwrap()).await;
         let sent = pattern(700);
         client.write_all(&sent).await.unwrap();
         client.flush().await.unwrap();
@@ -695,8 +773,58 @@ mod tests {
         assert_eq!(answer.first(), Some(&0x15), "an alert record: {answer:?}");
     }
 
+    #[tokio::test]
+    async fn the_client_side_talks_to_a_buffered_rustls_server_and_idles_bufferless() {
+        let (server_cfg, client_cfg) = config_pair();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The server: tokio-rustls' buffered connection, echoing.
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut s = tokio_rustls::TlsAcceptor::from(server_cfg)
+                .accept(tcp)
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => s.write_all(&buf[..n]).await.unwrap(),
+                }
+            }
+            let _ = s.shutdown().await;
+        });
+        let mut client = connect(
+            TcpStream::connect(addr).await.unwrap(),
+            client_cfg,
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+        )
+        .await
+        .unwrap();
+        for size in [5, 70_000] {
+            let sent = pattern(size);
+            client.write_all(&sent).await.unwrap();
+            client.flush().await.unwrap();
+            let mut got = vec![0u8; size];
+            client.read_exact(&mut got).await.unwrap();
+            assert!(got == sent);
+            poll_fn(|cx| {
+                let mut b = [0u8; 16];
+                let mut rb = ReadBuf::new(&mut b);
+                assert!(Pin::new(&mut client).poll_read(cx, &mut rb).is_pending());
+                Poll::Ready(())
+            })
+            .await;
+            assert_eq!(held(&client), 0, "after a {size}-byte exchange");
+        }
+        client.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+
     /// Bytes the connection owns outside rustls.
-    fn held(s: &ServerTlsStream) -> usize {
+    fn held<S>(s: &TlsStream<S>) -> usize {
         s.incoming.capacity() + s.plain.capacity() + s.outgoing.capacity()
     }
 
