@@ -80,12 +80,12 @@ pub(crate) fn strip(source: &TokenSource, headers: &mut HeaderMap, query: &mut O
         }
         TokenSource::Cookie(name) => {
             rewrite_list(headers, header::COOKIE, b';', |pair| {
-                cookie_name(pair) == name.as_bytes()
+                loose_cookie_name(pair).eq_ignore_ascii_case(name.as_bytes())
             });
         }
         TokenSource::Subprotocol { prefix, .. } => {
             rewrite_list(headers, header::SEC_WEBSOCKET_PROTOCOL, b',', |entry| {
-                entry.trim_ascii().starts_with(prefix.as_bytes())
+                loose_trim(entry).starts_with(prefix.as_bytes())
             });
         }
     }
@@ -104,6 +104,29 @@ fn cookie_name(pair: &[u8]) -> &[u8] {
         None => pair,
     };
     name.trim_ascii()
+}
+
+/// A cookie pair's name as the loosest upstream might read it, for stripping: besides ASCII
+/// blanks, any non-ASCII bytes around it go too (a parser that decodes the header as Latin-1
+/// or UTF-8 and trims Unicode blanks reads `\xa0sid` as `sid`: JavaScript's `trim`, Python's
+/// `strip`). Compared without case by the caller, for upstreams that fold cookie names.
+fn loose_cookie_name(pair: &[u8]) -> &[u8] {
+    let name = match pair.iter().position(|b| *b == b'=') {
+        Some(eq) => &pair[..eq],
+        None => pair,
+    };
+    loose_trim(name)
+}
+
+/// `item` without the blanks, controls and non-ASCII bytes around it (see `loose_cookie_name`).
+fn loose_trim(item: &[u8]) -> &[u8] {
+    let loose = |b: &u8| b.is_ascii_whitespace() || b.is_ascii_control() || !b.is_ascii();
+    let start = item.iter().position(|b| !loose(b)).unwrap_or(item.len());
+    let end = item
+        .iter()
+        .rposition(|b| !loose(b))
+        .map_or(start, |e| e + 1);
+    &item[start..end]
 }
 
 /// The raw values of every `name` cookie, over all `Cookie` headers (HTTP/2 sends one per
@@ -198,6 +221,47 @@ mod tests {
             prefix: "base64url.bearer.authorization.k8s.io.".into(),
             base64url: true,
         }
+    }
+
+    #[test]
+    fn cookies_an_upstream_could_read_as_the_credential_are_removed_too() {
+        // Found by the `credentials` fuzz target: a Latin-1 NBSP before the name.
+        for raw in [
+            &b"\xa0sid=t; keep=1"[..],
+            b"\xc2\xa0sid=t; keep=1",
+            b"sid\xe2\x80\x83=t; keep=1",
+            b"\xef\xbb\xbfsid=t;keep=1",
+            b"SID=t; keep=1",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::COOKIE, http::HeaderValue::from_bytes(raw).unwrap());
+            let mut q = None;
+            strip(&cookie("sid"), &mut h, &mut q);
+            assert_eq!(
+                h.get(header::COOKIE).map(|v| v.as_bytes()),
+                Some(&b"keep=1"[..]),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn token_subprotocols_behind_non_ascii_blanks_are_removed_too() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_bytes(
+                b"chat, \xc2\xa0base64url.bearer.authorization.k8s.io.dA",
+            )
+            .unwrap(),
+        );
+        let mut q = None;
+        strip(&k8s(), &mut h, &mut q);
+        assert_eq!(
+            h.get(header::SEC_WEBSOCKET_PROTOCOL).map(|v| v.as_bytes()),
+            Some(&b"chat"[..])
+        );
     }
 
     #[test]
