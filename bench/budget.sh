@@ -4,6 +4,8 @@
 # not depend on how busy the machine is.
 #
 #   bench/budget.sh [--no-build] [--handshakes N] [--targets "relay nginx haproxy wsgate wsgate-raw wsgate-nolog"] [--out FILE]
+#   (more targets: relay-uring; WSGATE_BIN=path picks another wsgate binary; --no-handshakes
+#   counts only the messages)
 #
 # Syscalls: `strace -c -f -p` attached to every process/thread of the proxy while the
 # loadgen does N handshakes one at a time (plus one priming handshake, counted), or for a
@@ -15,6 +17,7 @@ set -euo pipefail
 
 N=2000
 NO_BUILD=0
+NO_HS=0
 TARGETS="relay nginx haproxy wsgate wsgate-raw wsgate-nolog"
 OUT=""
 while [ $# -gt 0 ]; do
@@ -23,7 +26,8 @@ while [ $# -gt 0 ]; do
         --targets) TARGETS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --no-build) NO_BUILD=1 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --no-handshakes) NO_HS=1 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -37,7 +41,7 @@ if [ "$NO_BUILD" = 0 ]; then
     (cd "$ROOT" && cargo build --release -q --bin wsgate)
     (cd "$ROOT/bench/loadgen" && cargo build --release -q)
 fi
-WSGATE="$ROOT/target/release/wsgate"
+WSGATE="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
 LOADGEN="$ROOT/bench/loadgen/target/release/loadgen"
 LIBC="$(ldd "$(command -v nginx)" | awk '/libc.so/ {print $3}')"
 
@@ -169,6 +173,9 @@ start() { # target
         relay)
             taskset -c 1 "$LOADGEN" relay --bind 127.0.0.1:19701 --to "$ECHO" 2>>"$TMP/relay.log" &
             MAIN=$!; wait_port 19701; WORKER=$MAIN; URL="ws://127.0.0.1:19701/ws"; EVENTS="$LIBC_EV" ;;
+        relay-uring)
+            taskset -c 1 "$LOADGEN" relay --engine uring --bind 127.0.0.1:19702 --to "$ECHO" 2>>"$TMP/relay.log" &
+            MAIN=$!; wait_port 19702; WORKER=$MAIN; URL="ws://127.0.0.1:19702/ws"; EVENTS="$LIBC_EV" ;;
         wsgate|wsgate-raw|wsgate-nolog)
             # wsgate-nolog: the access log off (RUST_LOG=warn), to price the log line.
             local level=info; [ "$1" = wsgate-nolog ] && level=warn
@@ -207,7 +214,7 @@ for t in $TARGETS; do
     # Prime (allocator arenas, caches) outside the counted runs.
     taskset -c 0 "$LOADGEN" handshake --url "$URL" --concurrency 1 --warmup 0 --duration 1 --max 200 >/dev/null 2>&1
     for c in strace perf; do
-        if [ "$t" != wsgate-raw ]; then
+        if [ "$t" != wsgate-raw ] && [ "$NO_HS" = 0 ]; then
             # The attach itself must not be counted: start the loadgen once the counter runs.
             counted "$t" hs "$c" 0 bash -c "sleep 1; exec taskset -c 0 '$LOADGEN' handshake --url '$URL' --concurrency 1 --warmup 0 --duration 60 --max $N"
         fi
