@@ -147,6 +147,8 @@ struct Relay {
     tunnels: HashMap<u64, Tunnel>,
     /// Sockets whose receive stopped for want of buffers.
     starved: Vec<(u64, usize)>,
+    /// Sends queued in this batch whose completion may wait for the next real event.
+    lazy: Vec<(u64, usize)>,
 }
 
 /// Builds the ring with the cheapest task-run mode the kernel allows; the error if none.
@@ -200,13 +202,18 @@ pub fn run(bind: SocketAddr, to: SocketAddr, nbufs: u16, buf_size: u32) -> io::R
         bufs,
         tunnels: HashMap::new(),
         starved: Vec::new(),
+        lazy: Vec::new(),
     };
     r.arm_accept(&listener)?;
     let mut next_id = 0u64;
     let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
     loop {
+        // Sends mostly complete inline while being submitted; waiting for one completion
+        // would return at once with theirs and cost a second enter per hop. So wait for one
+        // more than the lazy sends: a real event (a receive, a send that had to wait).
+        let want = 1 + r.lazy_sends().min(SQ_ENTRIES as usize);
         // A tracer attaching interrupts the wait; EBUSY: completions to reap first.
-        match r.ring.submit_and_wait(1) {
+        match r.ring.submit_and_wait(want) {
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
@@ -255,6 +262,23 @@ impl Relay {
             }
             self.ring.submit()?;
         }
+    }
+
+    /// How many of this batch's sends nothing waits on (checked after the whole batch: an
+    /// EOF later in the batch makes the close wait for the send). Such a completion only
+    /// returns a buffer, so it may sit in the CQ until the next real event; anything that
+    /// would wait on it later (more data, EOF, ENOBUFS) is such an event itself.
+    fn lazy_sends(&mut self) -> usize {
+        let mut n = 0;
+        for (id, side) in self.lazy.drain(..) {
+            if let Some(t) = self.tunnels.get(&id) {
+                let d = &t.dirs[side];
+                if !t.closing && d.sending && d.queue.len() == 1 && d.recv_armed && !d.eof {
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     fn arm_accept(&mut self, l: &TcpListener) -> io::Result<()> {
@@ -385,6 +409,7 @@ impl Relay {
             return Ok(());
         };
         d.sending = true;
+        self.lazy.push((id, side));
         let fd = t.socks[1 - side].as_raw_fd();
         let e = opcode::Send::new(types::Fd(fd), self.bufs.addr(bid, off), len)
             // WAITALL: the kernel retries a short send itself instead of completing it.
