@@ -190,7 +190,7 @@ start() { # target
             local level=info; [ "$1" = wsgate-nolog ] && level=warn
             RUST_LOG=$level taskset -c 1 "$WSGATE" --config "$TMP/wsgate.yaml" 2>>"$TMP/wsgate.log" &
             MAIN=$!; wait_port 19401; WORKER=$MAIN; EVENTS="$WSGATE_EV"
-            if [ "$1" = wsgate ]; then URL="ws://127.0.0.1:19401/ws"; else URL="ws://127.0.0.1:19401/raw"; fi ;;
+            if [ "$1" = wsgate-raw ]; then URL="ws://127.0.0.1:19401/raw"; else URL="ws://127.0.0.1:19401/ws"; fi ;;
     esac
     PIDS+=("$MAIN")
     sleep 0.3

@@ -8,7 +8,7 @@
 //!                                             drain)         proxy::response;
 //!                                                            extended_connect: RFC 8441)
 //!  side channels: metrics (handles), admin (/metrics /healthz /readyz, POST /reload, GET /events),
-//!                 tracing logs, events (connected/disconnected: route webhooks, SSE hub),
+//!                 tracing logs (log_writer: batched stderr), events (connected/disconnected: route webhooks, SSE hub),
 //!                 registry (open tunnels: idle sweeper, drain deadline, admin API),
 //!                 users (authenticated connections per route and user: per-user limits),
 //!                 admin_api (GET /connections /users, kick, push, broadcast),
@@ -48,6 +48,7 @@ pub mod headers;
 pub mod healthcheck;
 pub mod limits;
 pub mod listener;
+pub mod log_writer;
 pub mod metrics;
 pub mod path;
 pub mod pinning;
@@ -58,6 +59,7 @@ pub mod route;
 pub mod runtime;
 pub mod splice;
 pub mod tls;
+pub mod tls_stream;
 pub mod upstream;
 pub mod users;
 pub mod zerocopy;

@@ -11,7 +11,6 @@ use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::{NO_ROUTE, Outcome};
 use crate::proxy::Shared;
@@ -204,7 +203,7 @@ async fn handle_connection(
                 .await;
         }
         Some(cfg) => {
-            let accept = TlsAcceptor::from(cfg).accept(stream);
+            let accept = crate::tls_stream::accept(stream, cfg);
             let tls_stream = match tokio::time::timeout(timeouts.tls_handshake, accept).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -218,11 +217,11 @@ async fn handle_connection(
                 }
             };
             // A TLS-ALPN-01 validation ends with the handshake (RFC 8737 §3): no HTTP follows.
-            if tls_stream.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+            if tls_stream.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
                 return;
             }
             let metrics = shared.metrics.clone();
-            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2);
+            let h2 = tls_stream.alpn_protocol() == Some(crate::tls::ALPN_H2);
             let http2 = runtime
                 .config
                 .listeners

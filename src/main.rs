@@ -125,21 +125,30 @@ fn clap_cmd() -> clap::Command {
     <Cli as clap::CommandFactory>::command()
 }
 
-/// Logs go through a background writer thread: the access log is one line per tunnel and
-/// per refusal, and a blocking stderr write per line would sit on the handshake path.
-/// The returned guard flushes what is queued when dropped at exit.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go through a batching writer thread (`wsgate::log_writer`): the access log is one
+/// line per tunnel and per refusal, and a stderr write or a thread wake-up per line would
+/// sit on the handshake path. The returned guard writes what is queued when dropped at exit.
+fn init_logging(format: LogFormat) -> Option<wsgate::log_writer::FlushGuard> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        // Under a flood, block briefly rather than silently drop access-log lines.
-        .lossy(false)
-        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
+        .with_ansi(std::io::stderr().is_terminal());
+    let (writer, guard) = match wsgate::log_writer::batch_writer(std::io::stderr()) {
+        Ok((w, g)) => (w, Some(g)),
+        Err(e) => {
+            // No thread to spare: log straight to stderr rather than not at all.
+            eprintln!("log writer thread: {e}; logging unbuffered");
+            let builder = builder.with_writer(std::io::stderr);
+            match format {
+                LogFormat::Text => builder.init(),
+                LogFormat::Json => builder.json().flatten_event(true).init(),
+            }
+            return None;
+        }
+    };
+    let builder = builder.with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

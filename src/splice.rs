@@ -209,7 +209,15 @@ where
             );
         }
     }
-    if ended != Ended::Closed || !(tunnel.c2u.finished_writing() && tunnel.u2c.finished_writing()) {
+    // After a complete close handshake a plain socket needs no shutdown: the drop below
+    // sends its FIN (TLS sides still get their close_notify).
+    let over = ended == Ended::Closed && tunnel.c2u.has(SAW_CLOSE) && tunnel.u2c.has(SAW_CLOSE);
+    let shut_client = !(over && tunnel.client.splice_writer().is_some());
+    let shut_upstream = !(over && tunnel.upstream.splice_writer().is_some());
+    let idle = !tunnel.c2u.has_pending() && !tunnel.u2c.has_pending();
+    if (ended != Ended::Closed || !(tunnel.c2u.finished_writing() && tunnel.u2c.finished_writing()))
+        && !(idle && !shut_client && !shut_upstream)
+    {
         // Best effort and bounded: deliver what is still queued (a close frame, often),
         // then tell both peers we are done rather than leaving them to time out. Boxed: it
         // runs once at the end, so its timer needn't live inline in every idle tunnel's
@@ -224,8 +232,12 @@ where
         let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), async {
             let _ = poll_fn(|cx| u2c.flush_pending(cx, &mut *client)).await;
             let _ = poll_fn(|cx| c2u.flush_pending(cx, &mut *upstream)).await;
-            let _ = poll_fn(|cx| Pin::new(&mut *client).poll_shutdown(cx)).await;
-            let _ = poll_fn(|cx| Pin::new(&mut *upstream).poll_shutdown(cx)).await;
+            if shut_client {
+                let _ = poll_fn(|cx| Pin::new(&mut *client).poll_shutdown(cx)).await;
+            }
+            if shut_upstream {
+                let _ = poll_fn(|cx| Pin::new(&mut *upstream).poll_shutdown(cx)).await;
+            }
         }))
         .await;
     }
@@ -414,6 +426,12 @@ where
         let info = &*t.info;
         let m = t.metrics;
         let zc = t.opts.splice && crate::zerocopy::available();
+        if t.u2c.has(SAW_CLOSE) {
+            t.c2u.set(OTHER_CLOSED);
+        }
+        if t.c2u.has(SAW_CLOSE) {
+            t.u2c.set(OTHER_CLOSED);
+        }
         let a = t.c2u.poll(
             cx,
             &mut t.client,
@@ -595,6 +613,9 @@ const TOO_BIG: u8 = 16;
 /// last data frame's payload was spliced, so read little at its end, and the next large
 /// payload is not pulled into user space with the header before it.
 const BULK: u8 = 32;
+/// A close frame went the other way (the tunnel sets it): once this reader's close frame
+/// passes too, the WebSocket is over and a plain writer needs no shutdown of its own.
+const OTHER_CLOSED: u8 = 64;
 
 /// Where splice(2) starts to pay: tracked, payloads of data frames larger than this are
 /// spliced; untracked, a read this large switches to splicing and a splice smaller than
@@ -805,6 +826,11 @@ impl Direction {
         self.state != DirState::Copying
     }
 
+    /// Bytes wait for the writer.
+    fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
     /// The writer was shut down (or failed): nothing can be written to it any more.
     fn finished_writing(&self) -> bool {
         self.state == DirState::Done
@@ -947,6 +973,13 @@ impl Direction {
                 DirState::ShuttingDown => {
                     if self.has(DISCARD) {
                         // Our close frame ended this way; the final shutdown closes it.
+                        return Poll::Ready(Ok(()));
+                    }
+                    if self.has(SAW_CLOSE) && self.has(OTHER_CLOSED) && w.splice_writer().is_some()
+                    {
+                        // Both close frames passed: the tunnel ends now and dropping the
+                        // socket sends the FIN; a shutdown first would be one more syscall.
+                        self.state = DirState::Done;
                         return Poll::Ready(Ok(()));
                     }
                     ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
@@ -1178,31 +1211,27 @@ impl Direction {
         let mut k = 0;
         // Segments in stream order: [0, skip_from) and [skip_to, end), with the wanted
         // frame at `cut` (never inside the skipped pong: both are frame boundaries).
-        let mut segs: Vec<(usize, usize)> = Vec::with_capacity(4);
-        match cut {
-            Some(c) if c <= skip_from => {
-                segs.push((0, c));
-                segs.push((usize::MAX, 0));
-                segs.push((c, skip_from));
-                segs.push((skip_to, end));
-            }
-            Some(c) => {
-                segs.push((0, skip_from));
-                segs.push((skip_to, c.max(skip_to)));
-                segs.push((usize::MAX, 0));
-                segs.push((c.max(skip_to), end));
-            }
-            None => {
-                segs.push((0, skip_from));
-                segs.push((skip_to, end));
-            }
-        }
+        // A fixed array, not a Vec: this runs for every read of a tracked tunnel.
+        const INJECT: (usize, usize) = (usize::MAX, 0);
+        let (segs, nsegs): ([(usize, usize); 4], usize) = match cut {
+            Some(c) if c <= skip_from => ([(0, c), INJECT, (c, skip_from), (skip_to, end)], 4),
+            Some(c) => (
+                [
+                    (0, skip_from),
+                    (skip_to, c.max(skip_to)),
+                    INJECT,
+                    (c.max(skip_to), end),
+                ],
+                4,
+            ),
+            None => ([(0, skip_from), (skip_to, end), (0, 0), (0, 0)], 2),
+        };
         let wanted: &[u8] = match (cut, want) {
             (Some(_), Some(w)) => &w.bytes,
             _ => &[],
         };
         let mut injected = false;
-        for (from, to) in segs {
+        for &(from, to) in &segs[..nsegs] {
             if from == usize::MAX {
                 if k < parts.len() {
                     parts[k] = wanted;
@@ -1233,9 +1262,9 @@ pub enum Side {
     /// Plain TCP (client or upstream).
     Tcp(Prebuffered<TcpStream>),
     /// TLS client of a `wss://` listener.
-    ServerTls(Box<Prebuffered<tokio_rustls::server::TlsStream<TcpStream>>>),
+    ServerTls(Box<Prebuffered<crate::tls_stream::ServerTlsStream>>),
     /// TLS to a `wss://` upstream.
-    ClientTls(Box<Prebuffered<tokio_rustls::client::TlsStream<TcpStream>>>),
+    ClientTls(Box<Prebuffered<crate::tls_stream::ClientTlsStream>>),
     /// Anything else, still behind hyper's wrapper.
     Upgraded(TokioIo<Upgraded>),
 }
@@ -1245,7 +1274,7 @@ impl Side {
     pub fn client(u: Upgraded) -> Side {
         match u.downcast::<TokioIo<TcpStream>>() {
             Ok(p) => Side::Tcp(Prebuffered::new(p.io.into_inner(), p.read_buf)),
-            Err(u) => match u.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+            Err(u) => match u.downcast::<TokioIo<crate::tls_stream::ServerTlsStream>>() {
                 Ok(p) => Side::ServerTls(Box::new(Prebuffered::new(p.io.into_inner(), p.read_buf))),
                 Err(u) => Side::Upgraded(TokioIo::new(u)),
             },

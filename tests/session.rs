@@ -437,3 +437,49 @@ async fn untracked_routes_close_at_tcp_level() {
         "an untracked tunnel got a close frame: {end:?}"
     );
 }
+
+#[tokio::test]
+async fn after_a_close_handshake_the_client_gets_its_fin_without_hanging_up_first() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The tunnel ends on the upstream's FIN once both close frames passed; the client's
+    // socket is closed by dropping it (no shutdown first) and must still see the FIN.
+    let (up, mut seen) = recording_upstream().await;
+    let gate = start_gate(Files::new(), &config(up, "", "")).await;
+    let mut s = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
+    s.write_all(upgrade_request("/open", "").as_bytes())
+        .await
+        .unwrap();
+    let (status, head, rest) = read_response(&mut s).await;
+    assert_eq!(status, 101, "{head}");
+    assert_eq!(rest, "", "nothing behind the 101");
+    let mask = [7u8, 1, 2, 3];
+    let code = 1000u16.to_be_bytes();
+    s.write_all(&[
+        0x88,
+        0x82,
+        mask[0],
+        mask[1],
+        mask[2],
+        mask[3],
+        code[0] ^ mask[0],
+        code[1] ^ mask[1],
+    ])
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("no FIN within 5 s after the close handshake")
+        .expect("a clean FIN, not a reset");
+    assert_eq!(got, [0x88, 0x02, 0x03, 0xe8], "the upstream's close frame");
+    assert!(matches!(seen.recv().await, Some(Message::Close(_))));
+    assert_eq!(
+        wait_metric(
+            &gate,
+            "wsgate_connections_closed_total{reason=\"client\",route=\"/open\"}",
+            1.0
+        )
+        .await,
+        1.0
+    );
+}

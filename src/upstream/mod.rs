@@ -10,14 +10,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::tls_stream::ClientTlsStream;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
 use crate::config::UpstreamConfig;
 
@@ -82,7 +81,7 @@ pub enum UpstreamStream {
     /// ws://
     Plain(TcpStream),
     /// wss://
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<ClientTlsStream>),
 }
 
 impl AsyncRead for UpstreamStream {
@@ -173,8 +172,7 @@ pub async fn connect(
                 addr: addr.clone(),
                 source: io::Error::new(io::ErrorKind::InvalidInput, e),
             })?;
-        let stream = TlsConnector::from(client_config.clone())
-            .connect(name, tcp)
+        let stream = crate::tls_stream::connect(tcp, client_config.clone(), name)
             .await
             .map_err(|source| UpstreamError::Connect {
                 addr: addr.clone(),
