@@ -4,6 +4,9 @@
 # not depend on how busy the machine is.
 #
 #   bench/budget.sh [--no-build] [--handshakes N] [--targets "relay nginx haproxy wsgate wsgate-raw wsgate-nolog"] [--out FILE]
+#   (more targets: relay-uring; WSGATE_BIN=path picks another wsgate binary; --no-handshakes
+#   counts only the messages; --rate N msg/s for them (5000); --no-allocs: syscalls only, no
+#   uprobes, which would also slow other processes running the same binaries)
 #
 # Syscalls: `strace -c -f -p` attached to every process/thread of the proxy while the
 # loadgen does N handshakes one at a time (plus one priming handshake, counted), or for a
@@ -15,6 +18,9 @@ set -euo pipefail
 
 N=2000
 NO_BUILD=0
+NO_HS=0
+RATE=5000
+COUNTERS="strace perf"
 TARGETS="relay nginx haproxy wsgate wsgate-raw wsgate-nolog"
 OUT=""
 while [ $# -gt 0 ]; do
@@ -23,7 +29,10 @@ while [ $# -gt 0 ]; do
         --targets) TARGETS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --no-build) NO_BUILD=1 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --no-handshakes) NO_HS=1 ;;
+        --rate) RATE="$2"; shift ;;
+        --no-allocs) COUNTERS="strace" ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -37,7 +46,7 @@ if [ "$NO_BUILD" = 0 ]; then
     (cd "$ROOT" && cargo build --release -q --bin wsgate)
     (cd "$ROOT/bench/loadgen" && cargo build --release -q)
 fi
-WSGATE="$ROOT/target/release/wsgate"
+WSGATE="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
 LOADGEN="$ROOT/bench/loadgen/target/release/loadgen"
 LIBC="$(ldd "$(command -v nginx)" | awk '/libc.so/ {print $3}')"
 
@@ -48,8 +57,10 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     sleep 0.3
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    perf probe -q -d 'probe_libc:*' 2>/dev/null || true
-    perf probe -q -d 'probe_wsgate:*' 2>/dev/null || true
+    if [ "$COUNTERS" != strace ]; then
+        perf probe -q -d 'probe_libc:*' 2>/dev/null || true
+        perf probe -q -d 'probe_wsgate:*' 2>/dev/null || true
+    fi
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -58,12 +69,14 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 ulimit -n "$(ulimit -Hn)"
 
 # Uprobes, re-made every run: the wsgate binary's offsets change with every build.
-perf probe -q -d 'probe_libc:*' 2>/dev/null || true
-perf probe -q -d 'probe_wsgate:*' 2>/dev/null || true
-for f in malloc calloc realloc posix_memalign free; do perf probe -q -x "$LIBC" "$f"; done
-for f in mi_malloc_aligned mi_zalloc_aligned mi_realloc_aligned mi_free; do
-    perf probe -q -x "$WSGATE" "$f"
-done
+if [ "$COUNTERS" != strace ]; then
+    perf probe -q -d 'probe_libc:*' 2>/dev/null || true
+    perf probe -q -d 'probe_wsgate:*' 2>/dev/null || true
+    for f in malloc calloc realloc posix_memalign free; do perf probe -q -x "$LIBC" "$f"; done
+    for f in mi_malloc_aligned mi_zalloc_aligned mi_realloc_aligned mi_free; do
+        perf probe -q -x "$WSGATE" "$f"
+    done
+fi
 LIBC_EV="probe_libc:malloc,probe_libc:calloc,probe_libc:realloc,probe_libc:posix_memalign,probe_libc:free"
 WSGATE_EV="probe_wsgate:mi_malloc_aligned,probe_wsgate:mi_zalloc_aligned,probe_wsgate:mi_realloc_aligned,probe_wsgate:mi_free"
 
@@ -169,6 +182,9 @@ start() { # target
         relay)
             taskset -c 1 "$LOADGEN" relay --bind 127.0.0.1:19701 --to "$ECHO" 2>>"$TMP/relay.log" &
             MAIN=$!; wait_port 19701; WORKER=$MAIN; URL="ws://127.0.0.1:19701/ws"; EVENTS="$LIBC_EV" ;;
+        relay-uring)
+            taskset -c 1 "$LOADGEN" relay --engine uring --bind 127.0.0.1:19702 --to "$ECHO" 2>>"$TMP/relay.log" &
+            MAIN=$!; wait_port 19702; WORKER=$MAIN; URL="ws://127.0.0.1:19702/ws"; EVENTS="$LIBC_EV" ;;
         wsgate|wsgate-raw|wsgate-nolog)
             # wsgate-nolog: the access log off (RUST_LOG=warn), to price the log line.
             local level=info; [ "$1" = wsgate-nolog ] && level=warn
@@ -200,14 +216,13 @@ counted() { # target kind counter window cmd...
 }
 
 WINDOW=2
-RATE=5000
 for t in $TARGETS; do
     log "$t"
     start "$t"
     # Prime (allocator arenas, caches) outside the counted runs.
     taskset -c 0 "$LOADGEN" handshake --url "$URL" --concurrency 1 --warmup 0 --duration 1 --max 200 >/dev/null 2>&1
-    for c in strace perf; do
-        if [ "$t" != wsgate-raw ]; then
+    for c in $COUNTERS; do
+        if [ "$t" != wsgate-raw ] && [ "$NO_HS" = 0 ]; then
             # The attach itself must not be counted: start the loadgen once the counter runs.
             counted "$t" hs "$c" 0 bash -c "sleep 1; exec taskset -c 0 '$LOADGEN' handshake --url '$URL' --concurrency 1 --warmup 0 --duration 60 --max $N"
         fi
@@ -246,9 +261,15 @@ for t in targets:
     for kind in ("hs", "msg"):
         s = f"{tmp}/{t}.{kind}.strace.txt"
         if not os.path.exists(s): continue
-        u_s = units(t, kind) if kind == "msg" else json.load(open(f"{tmp}/{t}.{kind}.strace.json"))["handshakes"] + 1
-        u_p = rate * window if kind == "msg" else json.load(open(f"{tmp}/{t}.{kind}.perf.json"))["handshakes"] + 1
-        sc = strace(s); al = perf(f"{tmp}/{t}.{kind}.perf.txt")
+        # Messages: the rate the loadgen achieved (below the target when the machine is busy).
+        u_s = json.load(open(f"{tmp}/{t}.msg.strace.json"))["achieved_rate"] * window if kind == "msg" else json.load(open(f"{tmp}/{t}.{kind}.strace.json"))["handshakes"] + 1
+        u_p = rate * window if kind == "msg" or not os.path.exists(f"{tmp}/{t}.{kind}.perf.json") else json.load(open(f"{tmp}/{t}.{kind}.perf.json"))["handshakes"] + 1
+        sc = strace(s)
+        p = f"{tmp}/{t}.{kind}.perf.txt"
+        al = perf(p) if os.path.exists(p) else None
+        if al is None:
+            rows[(t, kind)] = (u_s, sc, 1, None, None)
+            continue
         frees = sum(v for k, v in al.items() if "free" in k)
         allocs = sum(v for k, v in al.items() if "free" not in k)
         rows[(t, kind)] = (u_s, sc, u_p, allocs, frees)
@@ -272,8 +293,9 @@ for kind, title in (("hs", "per plain handshake (connect, upgrade, close)"), ("m
         vals = [rows[(t, kind)][1].get(name, 0) / rows[(t, kind)][0] for t in ts]
         if max(vals) < 0.05: continue
         print(f"| {name} | " + " | ".join(f"{v:.2f}" if v else "–" for v in vals) + " |")
-    print("| **allocations** | " + " | ".join(f"**{rows[(t, kind)][3] / rows[(t, kind)][2]:.1f}**" for t in ts) + " |")
-    print("| frees | " + " | ".join(f"{rows[(t, kind)][4] / rows[(t, kind)][2]:.1f}" for t in ts) + " |")
+    if all(rows[(t, kind)][3] is not None for t in ts):
+        print("| **allocations** | " + " | ".join(f"**{rows[(t, kind)][3] / rows[(t, kind)][2]:.1f}**" for t in ts) + " |")
+        print("| frees | " + " | ".join(f"{rows[(t, kind)][4] / rows[(t, kind)][2]:.1f}" for t in ts) + " |")
     print()
 PY
 cat "$TMP/report.md"

@@ -7,6 +7,7 @@
 #   options: --reps N, --out FILE, --keep (leave the temp dir with configs and raw JSON),
 #            --only "T1 T2 ..." (run only these targets, e.g. "nginx wsgate wsgate-raw"),
 #            --tests "bulk rate" (run only these tests of each target), --bulk-size BYTES (16384)
+#            --no-build (use the binaries as they are; WSGATE_BIN=path picks another wsgate binary)
 #
 # Not part of CI. Everything listens on 127.0.0.1; every process started here is stopped
 # by PID on exit. Proxies run on CPU 1, load generator and echo backend on CPU 0.
@@ -19,6 +20,7 @@ OUT=""
 ONLY=""
 ONLY_TESTS=""
 BULK_SIZE=16384
+NO_BUILD=0
 CMDLINE="bench/run.sh${*:+ $*}"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -29,7 +31,8 @@ while [ $# -gt 0 ]; do
         --only) ONLY="$2"; shift ;;
         --tests) ONLY_TESTS="$2"; shift ;;
         --bulk-size) BULK_SIZE="$2"; shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        --no-build) NO_BUILD=1 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
@@ -86,10 +89,12 @@ if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null || ! command
 fi
 for b in taskset openssl python3; do command -v "$b" >/dev/null || { echo "need $b" >&2; exit 1; }; done
 
-log "building wsgate and loadgen (release)"
-(cd "$ROOT" && cargo build --release -q)
-(cd "$BENCH/loadgen" && cargo build --release -q)
-WSGATE="$ROOT/target/release/wsgate"
+if [ "$NO_BUILD" = 0 ]; then
+    log "building wsgate and loadgen (release)"
+    (cd "$ROOT" && cargo build --release -q)
+    (cd "$BENCH/loadgen" && cargo build --release -q)
+fi
+WSGATE="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
 LOADGEN="$BENCH/loadgen/target/release/loadgen"
 
 # ---------------------------------------------------------------- certificates, secrets
@@ -286,6 +291,12 @@ start_proxy() { # kind -> sets MAIN_PID, PROXY_PIDS (csv of all its processes)
             taskset -c 1 "$LOADGEN" relay --bind 127.0.0.1:19701 --to "$ECHO" 2>>"$TMP/relay.log" &
             MAIN_PID=$!; PIDS+=("$MAIN_PID"); wait_port 19701
             PROXY_PIDS="$MAIN_PID" ;;
+        relay-uring)
+            # The same floor on io_uring (multishot receives, provided buffers); exits
+            # non-zero where io_uring is blocked, and then the port never opens.
+            taskset -c 1 "$LOADGEN" relay --engine uring --bind 127.0.0.1:19702 --to "$ECHO" 2>>"$TMP/relay-uring.log" &
+            MAIN_PID=$!; PIDS+=("$MAIN_PID"); wait_port 19702
+            PROXY_PIDS="$MAIN_PID" ;;
         none) MAIN_PID=""; PROXY_PIDS="" ;;
     esac
     sleep 0.3
@@ -312,6 +323,8 @@ add() { KIND[$1]=$2; URL[$1]=$3; EXTRA[$1]="$4"; TESTS[$1]="$5"; }
 CA=(--ca "$TMP/ca.crt")
 add direct       none    "ws://127.0.0.1:19000/ws"   ""                       "rate bulk"
 add relay        relay   "ws://127.0.0.1:19701/ws"   ""                       "idle rate bulk handshake"
+# Not in the default order: issue 13 lever 4's measurement (bench/RESULTS.md, io_uring floor).
+add relay-uring  relay-uring "ws://127.0.0.1:19702/ws" ""                     "rate bulk"
 add nginx        nginx   "ws://127.0.0.1:19101/ws"   ""                       "idle rate bulk handshake"
 add nginx-tls    nginx   "wss://localhost:19102/ws"  "tls"                    "idle rate bulk handshake"
 add haproxy      haproxy "ws://127.0.0.1:19201/ws"   ""                       "idle rate bulk handshake"
@@ -391,7 +404,7 @@ def fmt(v, nd=1):
     s = f"{m:,.{nd}f}"
     if len(v) > 1: s += f" ({min(v):,.{nd}f}–{max(v):,.{nd}f})"
     return s
-targets = [t for t in ["direct","relay","nginx","nginx-tls","haproxy","haproxy-tls","caddy","caddy-tls","wsgate","wsgate-copy","wsgate-tls","wsgate-raw","wsgate-raw-copy","wsgate-tls-raw","wsgate-basic","wsgate-jwt","wsgate-h2","haproxy-h2"]
+targets = [t for t in ["direct","relay","relay-uring","nginx","nginx-tls","haproxy","haproxy-tls","caddy","caddy-tls","wsgate","wsgate-copy","wsgate-tls","wsgate-raw","wsgate-raw-copy","wsgate-tls-raw","wsgate-basic","wsgate-jwt","wsgate-h2","haproxy-h2"]
            if any(r["target"] == t for r in rows)]
 base = med(vals("direct","rate","rtt_us","p50"))
 metrics = [

@@ -53,15 +53,35 @@ struct Cli {
 }
 
 mod relay;
+mod relay_uring;
+
+/// How `loadgen relay` waits for its sockets.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Engine {
+    /// Readiness with epoll (mio), read/write per socket.
+    Epoll,
+    /// io_uring: multishot receives into provided buffers, one enter per batch.
+    Uring,
+}
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// The floor: a minimal one-thread epoll TCP relay (no HTTP) in front of --to.
+    /// The floor: a minimal one-thread TCP relay (no HTTP) in front of --to, epoll or io_uring.
     Relay {
         #[arg(long)]
         bind: std::net::SocketAddr,
         #[arg(long)]
         to: std::net::SocketAddr,
+        /// `uring` exits non-zero with one line where io_uring is blocked (no silent fallback:
+        /// a bench target must measure what it is named after).
+        #[arg(long, value_enum, default_value_t = Engine::Epoll)]
+        engine: Engine,
+        /// io_uring: provided buffers in the ring (a power of two, ≤ 1024).
+        #[arg(long, default_value_t = 512)]
+        uring_bufs: u16,
+        /// io_uring: bytes per provided buffer (one receive fills at most one).
+        #[arg(long, default_value_t = 32768)]
+        uring_buf_size: u32,
     },
     /// WebSocket echo backend.
     Echo {
@@ -490,8 +510,19 @@ fn secs(f: f64) -> Duration {
 
 fn main() {
     let cli = Cli::parse();
-    if let Cmd::Relay { bind, to } = cli.cmd {
-        if let Err(e) = relay::run(bind, to) {
+    if let Cmd::Relay {
+        bind,
+        to,
+        engine,
+        uring_bufs,
+        uring_buf_size,
+    } = cli.cmd
+    {
+        let res = match engine {
+            Engine::Epoll => relay::run(bind, to),
+            Engine::Uring => relay_uring::run(bind, to, uring_bufs, uring_buf_size),
+        };
+        if let Err(e) = res {
             eprintln!("loadgen relay: {e}");
             std::process::exit(1);
         }
