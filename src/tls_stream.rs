@@ -346,19 +346,36 @@ impl<S: Session> TlsStream<S> {
         open: Option<(&mut [u8], usize)>,
         read: &mut ReadBuf<'_>,
     ) -> io::Result<Turn> {
+        // The Vec's capacity stays while the connection is busy (a bulk stream leaves a
+        // partial record after most reads); the read that parks frees it.
         let mut held = std::mem::take(&mut self.incoming);
-        let from_open = open.is_some();
+        match open {
+            Some((open, len)) => {
+                let (result, consumed) = self.drive(&mut open[..len], read);
+                if result.is_ok() {
+                    held.clear();
+                    held.extend_from_slice(&open[consumed..len]);
+                    self.incoming = held;
+                }
+                result
+            }
+            None => {
+                let (result, consumed) = self.drive(&mut held, read);
+                if result.is_ok() {
+                    held.drain(..consumed);
+                    self.incoming = held;
+                }
+                result
+            }
+        }
+    }
+
+    /// The turns of `run_records` over `bytes`; also says how many bytes rustls is done with.
+    fn drive(&mut self, bytes: &mut [u8], read: &mut ReadBuf<'_>) -> (io::Result<Turn>, usize) {
         let mut consumed = 0;
         let mut delivered = false;
-        let (bytes, len): (&mut [u8], usize) = match open {
-            Some((open, len)) => (open, len),
-            None => {
-                let len = held.len();
-                (&mut held[..], len)
-            }
-        };
         let result = loop {
-            match self.turn(&mut bytes[..len], &mut consumed, Some(read), None) {
+            match self.turn(bytes, &mut consumed, Some(read), None) {
                 Ok(Turn::Plaintext) => {
                     delivered = true;
                     // Keep decrypting while the reader has room and whole records wait.
@@ -372,20 +389,11 @@ impl<S: Session> TlsStream<S> {
                 other => break other,
             }
         };
-        if result.is_err() {
-            self.incoming = Vec::new();
-        } else if consumed < len {
-            if from_open {
-                self.incoming = bytes[consumed..len].to_vec();
-            } else {
-                held.drain(..consumed);
-                self.incoming = held;
-            }
-        }
-        result
+        (result, consumed)
     }
 
-    /// Sends what `outgoing` holds; Ready once it is empty (and freed).
+    /// Sends what `outgoing` holds; Ready once it is empty. Its capacity stays for the next
+    /// write's tail (a bulk stream leaves one after most writes): `poll_flush` frees it.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.out_at < self.outgoing.len() {
             match ready!(Pin::new(&mut self.io).poll_write(cx, &self.outgoing[self.out_at..])) {
@@ -394,10 +402,8 @@ impl<S: Session> TlsStream<S> {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        if self.out_at > 0 || self.outgoing.capacity() > 0 {
-            self.outgoing = Vec::new();
-            self.out_at = 0;
-        }
+        self.outgoing.clear();
+        self.out_at = 0;
         Poll::Ready(Ok(()))
     }
 
@@ -486,10 +492,12 @@ impl<S: Session + Unpin> AsyncRead for TlsStream<S> {
                 }
             }
             // Anything rustls wants sent (session tickets, a key update, alerts).
-            if this.out_at < this.outgoing.len()
-                && let Poll::Ready(Err(e)) = this.poll_drain(cx)
-            {
-                return Poll::Ready(Err(e));
+            if this.out_at < this.outgoing.len() {
+                match this.poll_drain(cx) {
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => this.outgoing = Vec::new(),
+                    Poll::Pending => {}
+                }
             }
             if this.eof {
                 return Poll::Ready(Err(io::Error::new(
@@ -517,7 +525,7 @@ impl<S: Session + Unpin> AsyncRead for TlsStream<S> {
                     return Poll::Ready(Ok(None));
                 }
                 open[..carried].copy_from_slice(&this.incoming);
-                this.incoming = Vec::new();
+                this.incoming.clear();
                 this.run_records(Some((&mut open[..], carried + got)), buf)
                     .map(Some)
                     .into()
@@ -569,6 +577,8 @@ impl<S: Session + Unpin> AsyncWrite for TlsStream<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
+        // Caught up (the splice flushes when its reader has nothing more): nothing is held.
+        this.outgoing = Vec::new();
         Pin::new(&mut this.io).poll_flush(cx)
     }
 
