@@ -818,19 +818,24 @@ mod tests {
             let mut got = vec![0u8; size];
             client.read_exact(&mut got).await.unwrap();
             assert!(got == sent);
-            poll_fn(|cx| {
-                let mut b = [0u8; 16];
-                let mut rb = ReadBuf::new(&mut b);
-                assert!(Pin::new(&mut client).poll_read(cx, &mut rb).is_pending());
-                Poll::Ready(())
-            })
-            .await;
+            assert_read_parks(&mut client).await;
             assert_eq!(held(&client), 0, "after a {size}-byte exchange");
         }
         client.shutdown().await.unwrap();
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
+    }
+
+    /// Polls one read and checks that it parks (nothing to read, the idle point).
+    async fn assert_read_parks<S: Session + Unpin>(s: &mut TlsStream<S>) {
+        poll_fn(|cx| {
+            let mut b = [0u8; 16];
+            let mut rb = ReadBuf::new(&mut b);
+            assert!(Pin::new(&mut *s).poll_read(cx, &mut rb).is_pending());
+            Poll::Ready(())
+        })
+        .await;
     }
 
     /// Bytes the connection owns outside rustls.
@@ -853,13 +858,7 @@ mod tests {
             client.read_exact(&mut back).await.unwrap();
             assert!(back == sent);
             // Nothing more to read: the read parks, and with it every buffer goes.
-            poll_fn(|cx| {
-                let mut b = [0u8; 16];
-                let mut rb = ReadBuf::new(&mut b);
-                assert!(Pin::new(&mut server).poll_read(cx, &mut rb).is_pending());
-                Poll::Ready(())
-            })
-            .await;
+            assert_read_parks(&mut server).await;
             assert_eq!(held(&server), 0, "after a {size}-byte exchange");
         }
         // Half a record in flight: only that half is held.
@@ -871,13 +870,7 @@ mod tests {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        poll_fn(|cx| {
-            let mut b = [0u8; 16];
-            let mut rb = ReadBuf::new(&mut b);
-            assert!(Pin::new(&mut server).poll_read(cx, &mut rb).is_pending());
-            Poll::Ready(())
-        })
-        .await;
+        assert_read_parks(&mut server).await;
         assert_eq!(held(&server), 8, "a partial record is all that is held");
     }
 }
